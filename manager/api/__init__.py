@@ -1,1 +1,1 @@
-"""api"""
+"""The HTTP API: GraphQL at /query, /health and /metrics."""

@@ -1,1 +1,1 @@
-"""db"""
+"""The database layer: connection pool, migrations and embedded PostgreSQL."""

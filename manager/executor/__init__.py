@@ -1,1 +1,1 @@
-"""executor"""
+"""The trigger executor: leadership, scheduling, dispatch and its metrics."""

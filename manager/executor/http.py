@@ -1,0 +1,32 @@
+"""The executor's own HTTP listener: /metrics for Prometheus and /health."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aioprometheus import Registry
+from aioprometheus.renderer import render
+
+from manager.db.database import Database
+from manager.web import DATABASE_KEY, MODE_KEY, health, log_requests
+
+REGISTRY_KEY = web.AppKey("registry", Registry)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The executor's metrics in the Prometheus text format."""
+    accepts = request.headers.getall("Accept", [])
+    body, headers = render(request.app[REGISTRY_KEY], accepts)
+    return web.Response(body=body, headers=headers)
+
+
+def build_metrics_app(
+    database: Database, registry: Registry, mode: str
+) -> web.Application:
+    """The application served on cron.metrics_port."""
+    app = web.Application(middlewares=[log_requests])
+    app[DATABASE_KEY] = database
+    app[REGISTRY_KEY] = registry
+    app[MODE_KEY] = mode
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    return app

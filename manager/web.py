@@ -1,0 +1,60 @@
+"""HTTP pieces that the API and the executor's metrics server both serve.
+
+`/health` and the per-request log line live here so that neither the API nor
+the executor has to import the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from manager import __version__
+from manager.db.database import Database
+
+log = logging.getLogger("manager.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+DATABASE_KEY = web.AppKey("database", Database)
+MODE_KEY = web.AppKey("mode", str)
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 when the database answers within a second, else 503."""
+    database = request.app[DATABASE_KEY]
+    connected = await database.is_reachable()
+    body = {
+        "status": "healthy" if connected else "unhealthy",
+        "database": "connected" if connected else "disconnected",
+        "version": __version__,
+        "mode": request.app[MODE_KEY],
+    }
+    return web.json_response(body, status=200 if connected else 503)
+
+
+@web.middleware
+async def log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One log line per request: method, path, status, duration_ms."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    finally:
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
