@@ -1,0 +1,119 @@
+"""Test fixtures: one real PostgreSQL per test run, a fresh database per test.
+
+The server is the one in `PFY_TEST_DSN` when set (for example a PostgreSQL
+service in CI), else an embedded pgserver started once for the session. A
+template database is migrated once; each test gets a copy of it, which takes
+milliseconds and keeps tests independent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import asyncpg
+import pytest
+import uvloop
+
+from manager.db.migrations import apply_migrations
+from manager.db.pool import DatabaseTarget, connect, create_pool
+from tests.support.server import PostgresServer
+
+TEMPLATE_NAME = "pfy_test_template"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, object]:
+    """Tests run on uvloop, the loop the daemon itself uses."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The PostgreSQL server every test of this run uses."""
+    dsn = os.environ.get("PFY_TEST_DSN")
+    if dsn:
+        yield _server_from_dsn(dsn)
+        return
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="pfy-test-pg-"))
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    yield PostgresServer(
+        host=str(info.socket_dir),
+        port=info.port or 5432,
+        user="postgres",
+        password="",
+        admin_database="postgres",
+        data_dir=data_dir,
+    )
+    server.cleanup()
+
+
+def _server_from_dsn(dsn: str) -> PostgresServer:
+    parsed = urlparse(dsn)
+    return PostgresServer(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=unquote(parsed.username or "postgres"),
+        password=unquote(parsed.password or ""),
+        admin_database=parsed.path.lstrip("/") or "postgres",
+        data_dir=None,
+    )
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres: PostgresServer) -> str:
+    """A migrated database that every test database is copied from."""
+    admin = await connect(postgres.target(postgres.admin_database))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_NAME}"')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE_NAME}"')
+    finally:
+        await admin.close()
+
+    connection = await connect(postgres.target(TEMPLATE_NAME))
+    try:
+        await apply_migrations(connection)
+    finally:
+        await connection.close()
+    return TEMPLATE_NAME
+
+
+@pytest.fixture
+async def database(
+    postgres: PostgresServer, template_database: str
+) -> AsyncIterator[DatabaseTarget]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"pfy_test_{uuid.uuid4().hex[:12]}"
+    admin = await connect(postgres.target(postgres.admin_database))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await admin.close()
+
+    yield postgres.target(name)
+
+    admin = await connect(postgres.target(postgres.admin_database))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pool(database: DatabaseTarget) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on the test's database."""
+    pool = await create_pool(database, min_size=1, max_size=10)
+    yield pool
+    await pool.close()
