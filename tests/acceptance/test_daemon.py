@@ -228,3 +228,22 @@ async def test_sigint_also_stops_cleanly(
     await process.wait_started()
     process.send(signal.SIGINT)
     assert await process.wait(timeout=10) == 0
+
+
+async def test_healthcheck_command_follows_the_instance(
+    database: DatabaseTarget, processes: list[ManagerProcess]
+) -> None:
+    metrics_port = free_port()
+    environment = clean_environment(
+        PFY_RUN_MODE="executor",
+        PFY_CRON_METRICS_PORT=str(metrics_port),
+        **database_environment(database),
+    )
+    probe = await run_manager(processes, environment, "healthcheck")
+    assert await probe.wait() == 1
+
+    daemon = await run_manager(processes, environment)
+    await daemon.wait_started()
+    probe = await run_manager(processes, environment, "healthcheck")
+    assert await probe.wait() == 0
+    assert await daemon.terminate() == 0
