@@ -51,6 +51,11 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def documented_env() -> frozenset[str]:
+    return DOCUMENTED_ENV
+
+
+@pytest.fixture(scope="session")
 def find_tool() -> Callable[[str, str], str]:
     """Return a function that finds a command or fails naming its package.
 
