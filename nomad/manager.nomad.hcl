@@ -6,8 +6,8 @@
 #   nomad job run nomad/manager.nomad.hcl
 #
 # Secrets come from Nomad Variables at nomad/jobs/manager, which every task of
-# this job may read without an extra policy. Replace DB_HOST and the PocketID
-# address with your own.
+# this job may read without an extra policy. Set db_host and pocket_id_host
+# with -var. Needs Nomad 1.5 or later (Variables, the "*" datacenter).
 
 variable "image" {
   type        = string
