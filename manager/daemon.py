@@ -26,6 +26,7 @@ from manager.db.pool import DatabaseTarget, connect, create_pool
 from manager.errors import DatabaseError, ManagerError
 from manager.executor.http import build_metrics_app
 from manager.executor.service import Executor
+from manager.notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Daemon:
         self.api_runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None
         self.stopping = asyncio.Event()
+        self.notifier = SystemdNotifier.from_environment()
+        self.watchdog: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Start everything, wait for SIGTERM or SIGINT, stop everything."""
@@ -56,10 +59,19 @@ class Daemon:
             loop.add_signal_handler(signal_number, self.stopping.set)
         try:
             await self.start()
+            # systemd (Type=notify) considers the service started only now:
+            # the database answered, migrations ran and every port is bound.
+            self.notifier.ready()
+            self.notifier.status(self._status_text())
+            self.watchdog = asyncio.create_task(self.notifier.run_watchdog())
             await self.stopping.wait()
             log.info("stop requested")
         finally:
+            self.notifier.stopping()
             await self.stop()
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+                await asyncio.gather(self.watchdog, return_exceptions=True)
 
     async def start(self) -> None:
         target = await self.open_database(self.settings.db.migrate_on_start)
@@ -123,6 +135,9 @@ class Daemon:
             await asyncio.to_thread(self.embedded.stop)
             self.embedded = None
         log.info("manager stopped", extra={"mode": self.settings.run_mode})
+
+    def _status_text(self) -> str:
+        return f"mode {self.settings.run_mode}"
 
     async def open_database(self, migrate: bool) -> DatabaseTarget:
         """Find or start the database, wait until it answers, migrate it."""

@@ -1,5 +1,5 @@
 """The Prometheus files load in Prometheus's own checker, and the queries in
-docs/operations.md parse as PromQL.
+README.md parse as PromQL.
 
 promtool comes with Debian's `prometheus` package.
 """
@@ -75,11 +75,11 @@ def test_executor_is_scraped_on_9090(scrape_jobs):
 
 
 def test_documented_queries_are_valid_promql(repo, find_tool, tmp_path):
-    text = (repo / "docs" / "operations.md").read_text()
+    text = (repo / "README.md").read_text()
     blocks = re.findall(r"```promql\n(.*?)```", text, flags=re.S)
     queries = [" ".join(block.split()) for block in blocks]
     for query in DOCUMENTED_QUERIES:
-        assert query in queries, f"docs/operations.md lost the query {query}"
+        assert query in queries, f"README.md lost the query {query}"
 
     # promtool has no bare "parse this query" command; recording rules are
     # parsed as PromQL, so each query becomes one.
