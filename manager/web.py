@@ -7,6 +7,7 @@ the executor has to import the other.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DATABASE_KEY = web.AppKey("database", Database)
 MODE_KEY = web.AppKey("mode", str)
+
+# Where log_requests keeps the request's id, and the header that returns it.
+REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -38,12 +43,20 @@ async def health(request: web.Request) -> web.Response:
 
 @web.middleware
 async def log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One log line per request: method, path, status, duration_ms."""
+    """One log line per request: method, path, status, duration_ms, request_id.
+
+    The request id is also sent back in X-Request-Id and quoted in error
+    answers, so a client's report leads straight to the log line.
+    """
     started = time.perf_counter()
     status = 500
+    request_id = secrets.token_hex(8)
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
         return response
     except web.HTTPException as error:
         status = error.status
@@ -56,5 +69,6 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
                 "path": request.path,
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "request_id": request_id,
             },
         )
