@@ -25,29 +25,35 @@ UNMATCHED = "unmatched"
 
 
 class ApiMetrics:
-    """The API's collectors, in a registry of their own."""
+    """The API's collectors, in a registry of their own.
+
+    Never aioprometheus's global default registry: an executor in the same
+    process (mode `both`) and each test's application keep their own.
+    """
 
     def __init__(self) -> None:
         self.registry = Registry()
         self.requests = Counter(
             "pfy_api_requests_total",
             "HTTP requests answered by the API, by route, method and status.",
+            registry=self.registry,
         )
         self.duration = Histogram(
             "pfy_api_request_duration_seconds",
             "Time to answer an API request, by route.",
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.errors = Counter(
             "pfy_api_graphql_errors_total",
             "Errors in GraphQL answers, by extensions.code.",
+            registry=self.registry,
         )
         self.pool = Gauge(
             "pfy_api_db_pool_connections",
             "Database pool connections: in_use, idle, and the max allowed.",
+            registry=self.registry,
         )
-        for collector in (self.requests, self.duration, self.errors, self.pool):
-            self.registry.register(collector)
 
     def count_error(self, code: str) -> None:
         self.errors.inc({"code": code})
