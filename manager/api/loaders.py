@@ -136,6 +136,12 @@ class Loaders:
         for loader in self.all():
             loader.clear()
 
+    @staticmethod
+    def _prime(loader: Loader[uuid.UUID, Any], items: Sequence[Any]) -> None:
+        # Objects read as someone's children need no second read by id.
+        for item in items:
+            loader.prime(item.id, item)
+
     async def _projects(self, ids: list[uuid.UUID]) -> Mapping[uuid.UUID, Project]:
         return await batches.projects_by_id(self.db, ids)
 
@@ -154,18 +160,21 @@ class Loaders:
         self, ids: list[uuid.UUID]
     ) -> Mapping[uuid.UUID, list[Tenant]]:
         tenants = await catalog.list_tenants(self.db, ids)
+        self._prime(self.tenant, tenants)
         return _grouped(tenants, "project_id", ids)
 
     async def _applications_of_tenants(
         self, ids: list[uuid.UUID]
     ) -> Mapping[uuid.UUID, list[Application]]:
         applications = await catalog.list_applications(self.db, ids)
+        self._prime(self.application, applications)
         return _grouped(applications, "tenant_id", ids)
 
     async def _triggers_of_applications(
         self, ids: list[uuid.UUID]
     ) -> Mapping[uuid.UUID, list[Trigger]]:
         found = await triggers.list_triggers(self.db, ids)
+        self._prime(self.trigger, found)
         return _grouped(found, "application_id", ids)
 
     async def _members_of_tenants(
