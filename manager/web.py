@@ -6,6 +6,7 @@ the executor has to import the other.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -22,6 +23,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 DATABASE_KEY = web.AppKey("database", Database)
 MODE_KEY = web.AppKey("mode", str)
+
+# Request ids: random per process, then counted, so that they are unique
+# across replicas without asking the kernel for randomness on every request.
+_REQUEST_ID_PREFIX = secrets.token_hex(5) + "-"
+_request_numbers = itertools.count(1)
 
 # Where log_requests keeps the request's id, and the header that returns it.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -50,7 +56,7 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     """
     started = time.perf_counter()
     status = 500
-    request_id = secrets.token_hex(8)
+    request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from manager.store import access, batches, catalog, triggers
@@ -102,33 +103,55 @@ class Loaders:
 
     def __init__(self, db: Queryable) -> None:
         self.db = db
-        self.project: Loader[uuid.UUID, Project | None] = Loader(self._projects)
-        self.tenant: Loader[uuid.UUID, Tenant | None] = Loader(self._tenants)
-        self.application: Loader[uuid.UUID, Application | None] = Loader(
-            self._applications
-        )
-        self.trigger: Loader[uuid.UUID, Trigger | None] = Loader(self._triggers)
-        self.tenants_of_project: Loader[uuid.UUID, list[Tenant]] = Loader(
-            self._tenants_of_projects, default=[]
-        )
-        self.applications_of_tenant: Loader[uuid.UUID, list[Application]] = Loader(
-            self._applications_of_tenants, default=[]
-        )
-        self.triggers_of_application: Loader[uuid.UUID, list[Trigger]] = Loader(
-            self._triggers_of_applications, default=[]
-        )
-        self.members_of_tenant: Loader[uuid.UUID, list[access.TenantMember]] = Loader(
-            self._members_of_tenants, default=[]
-        )
-        self.tokens_of_tenant: Loader[uuid.UUID, list[access.ApiToken]] = Loader(
-            self._tokens_of_tenants, default=[]
-        )
-        self.run_page: Loader[RunPageKey, tuple[list[TriggerRun], bool]] = Loader(
-            self._run_pages
-        )
-        self.run_count: Loader[RunCountKey, int] = Loader(self._run_counts)
+
+    # Each loader is made on first use: most requests need one or two.
+
+    @cached_property
+    def project(self) -> Loader[uuid.UUID, Project | None]:
+        return Loader(self._projects)
+
+    @cached_property
+    def tenant(self) -> Loader[uuid.UUID, Tenant | None]:
+        return Loader(self._tenants)
+
+    @cached_property
+    def application(self) -> Loader[uuid.UUID, Application | None]:
+        return Loader(self._applications)
+
+    @cached_property
+    def trigger(self) -> Loader[uuid.UUID, Trigger | None]:
+        return Loader(self._triggers)
+
+    @cached_property
+    def tenants_of_project(self) -> Loader[uuid.UUID, list[Tenant]]:
+        return Loader(self._tenants_of_projects, default=[])
+
+    @cached_property
+    def applications_of_tenant(self) -> Loader[uuid.UUID, list[Application]]:
+        return Loader(self._applications_of_tenants, default=[])
+
+    @cached_property
+    def triggers_of_application(self) -> Loader[uuid.UUID, list[Trigger]]:
+        return Loader(self._triggers_of_applications, default=[])
+
+    @cached_property
+    def members_of_tenant(self) -> Loader[uuid.UUID, list[access.TenantMember]]:
+        return Loader(self._members_of_tenants, default=[])
+
+    @cached_property
+    def tokens_of_tenant(self) -> Loader[uuid.UUID, list[access.ApiToken]]:
+        return Loader(self._tokens_of_tenants, default=[])
+
+    @cached_property
+    def run_page(self) -> Loader[RunPageKey, tuple[list[TriggerRun], bool]]:
+        return Loader(self._run_pages)
+
+    @cached_property
+    def run_count(self) -> Loader[RunCountKey, int]:
+        return Loader(self._run_counts)
 
     def all(self) -> list[Loader[Any, Any]]:
+        """The loaders made so far."""
         return [value for value in vars(self).values() if isinstance(value, Loader)]
 
     def clear(self) -> None:
