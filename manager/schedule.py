@@ -103,8 +103,10 @@ _HOUR = 1
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 _RANGE = re.compile(r"([0-9a-z]+)-([0-9a-z]+)(?:/\d+)?", re.IGNORECASE)
 
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun")
-_MONTHS += ("jul", "aug", "sep", "oct", "nov", "dec")
+_MONTHS = (
+    *("jan", "feb", "mar", "apr", "may", "jun"),
+    *("jul", "aug", "sep", "oct", "nov", "dec"),
+)
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _NAMED_VALUES = {name: number for number, name in enumerate(_MONTHS, start=1)}
 _NAMED_VALUES |= {name: number for number, name in enumerate(_WEEKDAYS)}
