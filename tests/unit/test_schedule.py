@@ -109,7 +109,10 @@ def test_parse_schedule_accepts_every_documented_form(
         ("@every 0s", "duration '0s' must be at least 1s"),
         ("@every 0h0m0s", "must be at least 1s"),
         ("@every 8785h", "must be at most 366 days"),
-        ("@every 99999999999999999999999999h", "must be at most 366 days"),
+        ("@every 99999999999999999999999999h", "invalid duration"),
+        ("@every 999999999h", "must be at most 366 days"),
+        ("@every " + "9" * 5000 + "s", "invalid duration"),
+        ("1" * 5000 + "-" + "1" * 5000 + " * * * *", "invalid minute field"),
     ],
 )
 def test_parse_schedule_says_what_is_wrong(expression: str, message: str) -> None:
