@@ -100,11 +100,15 @@ _DESCRIPTORS = {
 _FIELD_NAMES = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _HOUR = 1
 
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# Nine digits per unit already exceed the longest interval; the bound keeps
+# int() away from its refusal of very long digit strings.
+_DURATION = re.compile(r"(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
 _RANGE = re.compile(r"([0-9a-z]+)-([0-9a-z]+)(?:/\d+)?", re.IGNORECASE)
 
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun")
-_MONTHS += ("jul", "aug", "sep", "oct", "nov", "dec")
+_MONTHS = (
+    *("jan", "feb", "mar", "apr", "may", "jun"),
+    *("jul", "aug", "sep", "oct", "nov", "dec"),
+)
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _NAMED_VALUES = {name: number for number, name in enumerate(_MONTHS, start=1)}
 _NAMED_VALUES |= {name: number for number, name in enumerate(_WEEKDAYS)}
@@ -462,12 +466,13 @@ def _single_values(text: str) -> str:
     return ",".join(parts)
 
 
-def _value(token: str) -> int | str:
-    """The number a field token stands for; unknown tokens stay as text."""
+def _value(token: str) -> str:
+    """The number a field token stands for, as text; unknown tokens as is."""
     token = token.lower()
     if token.isdigit():
-        return int(token)
-    return _NAMED_VALUES.get(token, token)
+        # Compared as text: int() refuses very long digit strings.
+        return token.lstrip("0") or "0"
+    return str(_NAMED_VALUES.get(token, token))
 
 
 def _cron_template(expression: str) -> croniter | None:
