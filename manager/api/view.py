@@ -191,7 +191,7 @@ class QueryView(GraphQLView):
             and "multipart" not in headers.get("Accept", "")
         )
         if not plain:
-            return await super().parse_http_body(request, context)
+            return await super().parse_http_body(request, context)  # type: ignore[arg-type]
         data = self.parse_json(await request.get_body())
         if not isinstance(data, dict):
             raise HTTPException(400, "the request body must be a JSON object")
