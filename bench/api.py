@@ -310,7 +310,7 @@ def conduct(arguments: argparse.Namespace) -> None:
         PFY_ENV="development",
         PFY_HOST="127.0.0.1",
         PFY_PORT=str(manager_port),
-        PFY_LOG_LEVEL="info",
+        PFY_LOG_LEVEL=arguments.log_level,
         PFY_DB_HOST=target.host,
         PFY_DB_PORT=str(target.port),
         PFY_DB_USER=target.user,
@@ -381,7 +381,8 @@ def report(runs: dict[tuple[str, str], list[dict[str, Any]]], arguments: Any) ->
     print(
         f"{arguments.connections} connections, {arguments.rounds} rounds of "
         f"{arguments.seconds:g} s after {arguments.warmup:g} s warm-up, "
-        f"{os.cpu_count()} CPUs; median round"
+        f"{os.cpu_count()} CPUs; daemon logging at {arguments.log_level}; "
+        "median round"
     )
     print(
         f"{'scenario':<14}{'server':<9}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
@@ -415,6 +416,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="the daemon's log level; warning drops the per-request line",
+    )
     parser.add_argument("--port", type=int)
     parser.add_argument("--request")
     parser.add_argument("--target")

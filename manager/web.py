@@ -21,6 +21,9 @@ log = logging.getLogger("manager.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Told of every request once it is answered: request, status, seconds.
+RequestObserver = Callable[[web.Request, int, float], None]
+
 DATABASE_KEY = web.AppKey("database", Database)
 MODE_KEY = web.AppKey("mode", str)
 
@@ -28,6 +31,11 @@ MODE_KEY = web.AppKey("mode", str)
 # across replicas without asking the kernel for randomness on every request.
 _REQUEST_ID_PREFIX = secrets.token_hex(5) + "-"
 _request_numbers = itertools.count(1)
+
+# An application that counts its requests (the API's metrics) puts its
+# observer here; the log middleware calls it, which costs less than a
+# middleware of its own.
+OBSERVER_KEY: web.AppKey[RequestObserver] = web.AppKey("request_observer")
 
 # Where log_requests keeps the request's id, and the header that returns it.
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -52,7 +60,8 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
     """One log line per request: method, path, status, duration_ms, request_id.
 
     The request id is also sent back in X-Request-Id and quoted in error
-    answers, so a client's report leads straight to the log line.
+    answers, so a client's report leads straight to the log line. The app's
+    request observer, if it has one, is told of the request too.
     """
     started = time.perf_counter()
     status = 500
@@ -68,13 +77,17 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
         status = error.status
         raise
     finally:
+        elapsed = time.perf_counter() - started
         log.info(
             "request",
             extra={
                 "method": request.method,
                 "path": request.path,
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(elapsed * 1000, 3),
                 "request_id": request_id,
             },
         )
+        observer = request.app.get(OBSERVER_KEY)
+        if observer is not None:
+            observer(request, status, elapsed)

@@ -1,8 +1,8 @@
 """The API's aiohttp application: routes and middleware.
 
 Routes: GET /health, GET /metrics, POST /query (and GET /query for queries,
-with GraphiQL in development). Middleware, outermost first: the request log
-line (which also assigns the request id), then the request metrics.
+with GraphiQL in development). One middleware: the request log line, which
+also assigns the request id and tells the API's metrics of each request.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from manager.api.schema import api_schema
 from manager.api.view import QueryView
 from manager.config import Settings
 from manager.db.database import Database
-from manager.web import DATABASE_KEY, MODE_KEY, health, log_requests
+from manager.web import DATABASE_KEY, MODE_KEY, OBSERVER_KEY, health, log_requests
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 AUTHENTICATOR_KEY = web.AppKey("authenticator", Authenticator)
@@ -36,7 +36,7 @@ def build_app(settings: Settings, database: Database) -> web.Application:
     """The API application for `settings`, talking to `database`."""
     metrics = ApiMetrics()
     app = web.Application(
-        middlewares=[log_requests, metrics.middleware],
+        middlewares=[log_requests],
         client_max_size=settings.api.max_body_bytes,
     )
     authenticator = Authenticator(settings.pocket_id, database.pool)
@@ -45,6 +45,7 @@ def build_app(settings: Settings, database: Database) -> web.Application:
     app[MODE_KEY] = settings.run_mode
     app[AUTHENTICATOR_KEY] = authenticator
     app[METRICS_KEY] = metrics
+    app[OBSERVER_KEY] = metrics.observe
     app.cleanup_ctx.append(_authenticator_lifetime)
 
     view = QueryView(api_schema(), settings, database, authenticator, metrics)
