@@ -118,9 +118,10 @@ class LeaderLock:
     async def listen(self, on_notify: Listener) -> None:
         """Call `on_notify` for every NOTIFY on the triggers channel."""
         assert self._connection is not None
-        await self._connection.add_listener(
-            TRIGGERS_CHANNEL, lambda *_arguments: on_notify()
-        )
+        async with asyncio.timeout(self.cron.lock_probe_timeout):
+            await self._connection.add_listener(
+                TRIGGERS_CHANNEL, lambda *_arguments: on_notify()
+            )
 
     async def watch(self) -> str:
         """Probe the lock until it is lost; return why it was lost."""

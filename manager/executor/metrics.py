@@ -110,7 +110,13 @@ class ExecutorMetrics:
             self.dispatched.set({"status": status}, 0)
 
     def count_enqueued(self, application_id: uuid.UUID, count: int = 1) -> None:
-        self.enqueued.add({"app": str(application_id)}, count)
+        application = str(application_id)
+        self.enqueued.add({"app": application}, count)
+        if application not in self._seen_applications:
+            # Every application with runs gets a queue-depth series; the
+            # next refresh from the database sets its value.
+            self._seen_applications.add(application)
+            self.waiting.set({"app": application}, 0)
 
     def count_processed(self, application_id: uuid.UUID) -> None:
         self.processed.inc({"app": str(application_id)})

@@ -156,12 +156,12 @@ class Executor:
         when the executor is stopping."""
         fence = self.lock.fence
         assert fence is not None
-        self._set_leading(True)
-        log.info("leadership acquired", extra={"pid": fence.pid})
         try:
             await self.lock.listen(self._notified)
         except _DATABASE_ERRORS as error:
-            return f"listen failed: {error}"
+            return f"listen failed: {str(error) or type(error).__name__}"
+        self._set_leading(True)
+        log.info("leadership acquired", extra={"pid": fence.pid})
 
         watch = asyncio.create_task(self.lock.watch(), name="lock probe")
         stopping = asyncio.create_task(self._stopping.wait(), name="stop wait")

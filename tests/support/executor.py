@@ -80,14 +80,17 @@ class ExecutorHarness:
     def __init__(self, settings: Settings, target: DatabaseTarget, pool: Any) -> None:
         self.statuses: list[str] = []
         self.leading = asyncio.Event()
+        self.stood_down = asyncio.Event()
         self.executor = Executor(settings, Database(target, pool), self._status)
 
     def _status(self, status: str) -> None:
         self.statuses.append(status)
         if status == LEADER:
             self.leading.set()
+            self.stood_down.clear()
         else:
             self.leading.clear()
+            self.stood_down.set()
 
     async def wait_leading(self, within: float = 10.0) -> None:
         async with asyncio.timeout(within):
