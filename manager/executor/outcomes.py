@@ -74,19 +74,26 @@ class OutcomeWriter:
 
     async def _run(self) -> None:
         while True:
-            await self._arrived.wait()
-            await asyncio.sleep(GATHER_SECONDS)
-            if not await self.flush():
-                await asyncio.sleep(RETRY_PAUSE)
+            # One connection while writes succeed; a failed write gives it
+            # back (the pool replaces a broken one) and pauses.
+            async with self.pool.acquire() as connection:
+                while True:
+                    await self._arrived.wait()
+                    await asyncio.sleep(GATHER_SECONDS)
+                    if not await self.flush(connection):
+                        break
+            await asyncio.sleep(RETRY_PAUSE)
 
-    async def flush(self) -> bool:
+    async def flush(self, connection: asyncpg.Connection | None = None) -> bool:
         """Write one batch; False when the database refused it (kept)."""
         batch = self._pending[:MAX_BATCH]
         if not batch:
             self._arrived.clear()
             return True
         try:
-            applied = await record_outcomes(self.pool, [item[0] for item in batch])
+            applied = await record_outcomes(
+                connection or self.pool, [item[0] for item in batch]
+            )
         except _DATABASE_ERRORS as error:
             log.warning(
                 "outcome write failed",

@@ -78,21 +78,30 @@ class Scheduler:
     async def run(self, fence: Fence) -> None:
         """Schedule until cancelled (leadership ends)."""
         while True:
-            self.wake.clear()
             try:
-                claimed = await self.run_once(fence)
-                if claimed >= self.cron.batch_size:
-                    # More may be due right now; let other tasks run first.
-                    await asyncio.sleep(0)
-                    continue
-                delay = await self._sleep_time(claimed)
+                # One connection for the whole term: giving it back to the
+                # pool after every batch would cost a reset round trip.
+                async with self.pool.acquire() as connection:
+                    await self._schedule_loop(connection, fence)
             except _DATABASE_ERRORS as error:
                 log.warning("trigger claim failed", extra={"error": str(error)})
-                delay = ERROR_PAUSE
+                await wait_for_event(self.wake, ERROR_PAUSE)
+
+    async def _schedule_loop(
+        self, connection: asyncpg.Connection, fence: Fence
+    ) -> None:
+        while True:
+            self.wake.clear()
+            claimed = await self.run_once(fence, connection=connection)
+            if claimed >= self.cron.batch_size:
+                # More may be due right now; let other tasks run first.
+                await asyncio.sleep(0)
+                continue
+            delay = await self._sleep_time(connection, claimed)
             await wait_for_event(self.wake, delay)
 
-    async def _sleep_time(self, claimed: int) -> float:
-        seconds = await seconds_until_next_slot(self.pool)
+    async def _sleep_time(self, connection: asyncpg.Connection, claimed: int) -> float:
+        seconds = await seconds_until_next_slot(connection)
         if seconds is None:
             return self.cron.max_sleep
         if seconds <= 0:
@@ -100,13 +109,22 @@ class Scheduler:
             return 0.0 if claimed else LOCKED_RETRY
         return min(seconds, self.cron.max_sleep)
 
-    async def run_once(self, fence: Fence, now: datetime | None = None) -> int:
+    async def run_once(
+        self,
+        fence: Fence,
+        now: datetime | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> int:
         """One batch; returns how many triggers it claimed.
 
         `now` stands in for the database clock only where tests simulate
         time; production passes nothing.
         """
-        async with self.pool.acquire() as connection, connection.transaction():
+        if connection is None:
+            async with self.pool.acquire() as acquired:
+                return await self.run_once(fence, now, acquired)
+
+        async with connection.transaction():
             triggers, clock = await claim_due_triggers(
                 connection, fence, self.cron.batch_size, now
             )

@@ -138,7 +138,8 @@ RETURNING application_id, status
 """
 
 # Move claimed triggers on to their next slot; NULL stops a trigger whose
-# stored schedule can no longer be read.
+# stored schedule can no longer be read. The redundant `= ANY` lets the
+# planner probe the primary key instead of hashing the whole table.
 ADVANCE_TRIGGERS = """
 UPDATE triggers AS trigger
 SET next_run_at = advance.next_run_at,
@@ -146,6 +147,7 @@ SET next_run_at = advance.next_run_at,
 FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
      AS advance (id, next_run_at, last_run_at)
 WHERE trigger.id = advance.id
+  AND trigger.id = ANY($1::uuid[])
 """
 
 # Seconds until the earliest enabled trigger is due (negative when overdue).
@@ -265,6 +267,7 @@ FROM trigger_runs WHERE status = 'queued'
 
 # Record attempts' outcomes; each applies only while the run is still running
 # the same attempt, so a late write cannot undo a rescue or a newer attempt.
+# `= ANY` keeps the lookup on the primary key (see ADVANCE_TRIGGERS).
 RECORD_OUTCOMES = """
 UPDATE trigger_runs AS run
 SET status = outcome.status,
@@ -281,6 +284,7 @@ FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::int[],
             $6::text[], $7::float8[])
      AS outcome (id, attempt, status, delay, http_status, error, duration_ms)
 WHERE run.id = outcome.id
+  AND run.id = ANY($1::uuid[])
   AND run.status = 'running'
   AND run.attempt = outcome.attempt
 RETURNING run.id
@@ -292,7 +296,8 @@ REQUEUE_OWN = """
 UPDATE trigger_runs AS run
 SET status = 'queued', available_at = now(), lease_expires_at = NULL
 FROM unnest($1::uuid[], $2::int[]) AS own (id, attempt)
-WHERE run.id = own.id AND run.status = 'running' AND run.attempt = own.attempt
+WHERE run.id = own.id AND run.id = ANY($1::uuid[])
+  AND run.status = 'running' AND run.attempt = own.attempt
 """
 
 
@@ -317,10 +322,8 @@ async def claim_runs(
         lease_grace,
     )
     candidates = rows[0]["candidates"] if rows else 0
-    runs = [
-        ClaimedRun(**{key: value for key, value in row.items() if key != "candidates"})
-        for row in rows
-    ]
+    # RETURNING lists the columns in ClaimedRun's field order, then the count.
+    runs = [ClaimedRun(*tuple(row)[:-1]) for row in rows]
     return runs, candidates
 
 
