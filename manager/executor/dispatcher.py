@@ -29,7 +29,7 @@ import orjson
 import yarl
 
 from manager import __version__
-from manager.callback_urls import GuardedResolver
+from manager.callback_urls import GuardedResolver, validate_backend_url
 from manager.config import CronSettings, Settings
 from manager.errors import CallbackUrlError
 from manager.executor.metrics import ExecutorMetrics
@@ -246,7 +246,12 @@ class Dispatcher:
             run.signing_secret, str(run.id), int(time.time()), body
         )
         headers["Content-Type"] = "application/json"
-        url = callback_url(run.backend_url, callback_path(run))
+        try:
+            url = callback_url(
+                run.backend_url, callback_path(run), self.allowed_networks
+            )
+        except CallbackUrlError as error:
+            return None, f"{REFUSED}: {error}", None
         timeout = _timeout(run.timeout_seconds)
         try:
             async with self.session.post(
@@ -264,8 +269,11 @@ class Dispatcher:
                 )
         except TimeoutError:
             return None, f"timeout after {run.timeout_seconds:g}s", None
-        except CallbackUrlError as error:
-            return None, f"{REFUSED}: {error}", None
+        except aiohttp.ClientConnectorError as error:
+            # The resolver refused every address the host resolved to.
+            if isinstance(error.os_error, CallbackUrlError):
+                return None, _short(f"{REFUSED}: {error.os_error}"), None
+            return None, _short(f"connection error: {_reason(error)}"), None
         except aiohttp.ClientError as error:
             return None, _short(f"connection error: {_reason(error)}"), None
 
@@ -287,9 +295,16 @@ class Dispatcher:
 
 
 @functools.lru_cache(maxsize=4096)
-def callback_url(backend_url: str, path: str) -> yarl.URL:
-    """The backend URL joined with the path, parsed once per pair."""
-    return yarl.URL(backend_url.rstrip("/") + path)
+def callback_url(
+    backend_url: str, path: str, allowed_networks: tuple[str, ...]
+) -> yarl.URL:
+    """The backend URL joined with the path, checked and parsed once.
+
+    aiohttp does not ask the resolver about IP-literal hosts, so the stored
+    URL is validated again here (a row may predate a stricter policy).
+    """
+    checked = validate_backend_url(backend_url, allowed_networks)
+    return yarl.URL(checked.rstrip("/") + path)
 
 
 @functools.lru_cache(maxsize=256)

@@ -235,3 +235,27 @@ async def finished_runs(
     if runs and all(run["status"] in ("succeeded", "failed") for run in runs):
         return runs
     return None
+
+
+async def test_metadata_address_is_refused_at_dispatch_without_retry(
+    database: DatabaseTarget, pool: asyncpg.Pool
+) -> None:
+    application = await create_application(pool, "http://127.0.0.1:9")
+    # A URL saved before the policy existed, or written around the API.
+    await pool.execute(
+        "UPDATE applications SET backend_url = 'http://169.254.169.254' WHERE id = $1",
+        application.id,
+    )
+    trigger = await add_trigger(pool, application, schedule="0 * * * * *")
+    await pool.execute(
+        "UPDATE triggers SET next_run_at = date_trunc('second', now()) WHERE id = $1",
+        trigger.id,
+    )
+
+    async with running_executor(executor_settings(), database, pool):
+        runs = await eventually(lambda: finished_runs(pool, trigger.id))
+
+    (run,) = runs
+    assert (run["status"], run["attempt"], run["http_status"]) == ("failed", 1, None)
+    assert run["error"].startswith("address refused: ")
+    assert "169.254.169.254" in run["error"]
