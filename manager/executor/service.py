@@ -182,16 +182,17 @@ class Executor:
 
         if self._stopping.is_set():
             return None
-        if watch.done() and not watch.cancelled():
+        if watch.done() and not watch.cancelled() and watch.exception() is None:
             return watch.result()
         crashed = next(
-            (task for task in loops if task.done() and not task.cancelled()), None
+            (task for task in (*loops, watch) if task.done() and not task.cancelled()),
+            None,
         )
-        error = crashed.exception() if crashed else None
+        failure = crashed.exception() if crashed else None
         log.error(
             "executor loop failed",
             extra={"loop": crashed.get_name() if crashed else None},
-            exc_info=error,
+            exc_info=failure,
         )
         return "a claim loop failed"
 
