@@ -169,6 +169,9 @@ class Dispatcher:
         )
         for run in runs:
             self._start(run)
+        # Set per claim, not per callback: the gauge is read every few
+        # seconds, the callbacks come by the thousand.
+        self.metrics.set_inflight(len(self.callbacks))
         if len(runs) >= free:
             return "full"
         # Candidates held back by their application's limit: those
@@ -187,7 +190,6 @@ class Dispatcher:
         self.running[run.application_id] = self.running.get(run.application_id, 0) + 1
         task = asyncio.create_task(self._deliver(run), name=f"callback {run.id}")
         self.callbacks[run.id] = (run.attempt, task)
-        self.metrics.set_inflight(len(self.callbacks))
         if run.attempt == 1:
             if run.manual:
                 # Scheduled runs are counted when the scheduler inserts them;
@@ -204,7 +206,6 @@ class Dispatcher:
             self.running[run.application_id] = remaining
         else:
             self.running.pop(run.application_id, None)
-        self.metrics.set_inflight(len(self.callbacks))
         self._slot_freed.set()
 
     async def _deliver(self, run: ClaimedRun) -> None:
@@ -291,6 +292,7 @@ class Dispatcher:
         remaining = [task for _, task in self.callbacks.values()]
         if remaining:
             await asyncio.gather(*remaining, return_exceptions=True)
+        self.metrics.set_inflight(len(self.callbacks))
         return unfinished
 
 

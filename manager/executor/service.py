@@ -240,6 +240,7 @@ class Executor:
 
     async def refresh_metrics(self) -> None:
         """Queue depth per application and enabled triggers, from the database."""
+        self.metrics.set_inflight(len(self.dispatcher.callbacks))
         pool = self.database.pool
         self.metrics.set_waiting(await count_queued(pool))
         self.metrics.set_active_triggers(await count_enabled_triggers(pool))
