@@ -12,6 +12,7 @@ Outcomes go to the OutcomeWriter, which records them in batches; a run stays
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import logging
@@ -158,15 +159,28 @@ class Dispatcher:
             return "full"
         limit = self.cron.app_concurrency
         saturated = [app for app, count in self.running.items() if count >= limit]
-        runs, candidates = await claim_runs(
-            connection or self.pool,
-            fence,
-            free,
-            saturated,
-            {app: count for app, count in self.running.items() if count},
-            limit,
-            self.cron.rescue_grace,
+        claim = asyncio.ensure_future(
+            claim_runs(
+                connection or self.pool,
+                fence,
+                free,
+                saturated,
+                {app: count for app, count in self.running.items() if count},
+                limit,
+                self.cron.rescue_grace,
+            )
         )
+        try:
+            runs, candidates = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # Claiming stops, but a claim already sent may have marked runs
+            # running: they become callbacks like any other, which a stop
+            # drains or requeues, instead of waiting for their lease to end.
+            with contextlib.suppress(*_DATABASE_ERRORS):
+                runs, _ = await claim
+                for run in runs:
+                    self._start(run)
+            raise
         for run in runs:
             self._start(run)
         # Set per claim, not per callback: the gauge is read every few

@@ -142,14 +142,9 @@ class Scheduler:
                 connection, batch.advanced_ids, batch.next_runs, batch.last_runs
             )
 
-        queued: dict[uuid.UUID, int] = {}
-        for row in inserted:
-            if row["status"] == QUEUED:
-                application = row["application_id"]
-                queued[application] = queued.get(application, 0) + 1
-        for application, count in queued.items():
+        for application, count in inserted.items():
             self.metrics.count_enqueued(application, count)
-        if queued:
+        if inserted:
             self.on_enqueued()
         return len(triggers)
 

@@ -125,16 +125,22 @@ FOR UPDATE SKIP LOCKED
 """
 
 # Record schedule slots as runs, queued or skipped; a slot that already has a
-# run (an earlier leader got there) is left alone.
+# run (an earlier leader got there) is left alone. Returns how many runs each
+# application got queued, for the enqueued counter.
 INSERT_SLOTS = """
-INSERT INTO trigger_runs
-    (trigger_id, application_id, scheduled_at, status, finished_at)
-SELECT slot.trigger_id, slot.application_id, slot.scheduled_at, slot.status,
-       CASE WHEN slot.status = 'skipped' THEN now() END
-FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[])
-     AS slot (trigger_id, application_id, scheduled_at, status)
-ON CONFLICT (trigger_id, scheduled_at) WHERE NOT manual DO NOTHING
-RETURNING application_id, status
+WITH inserted AS (
+    INSERT INTO trigger_runs
+        (trigger_id, application_id, scheduled_at, status, finished_at)
+    SELECT slot.trigger_id, slot.application_id, slot.scheduled_at,
+           slot.status, CASE WHEN slot.status = 'skipped' THEN now() END
+    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[])
+         AS slot (trigger_id, application_id, scheduled_at, status)
+    ON CONFLICT (trigger_id, scheduled_at) WHERE NOT manual DO NOTHING
+    RETURNING application_id, status
+)
+SELECT application_id, count(*) AS queued
+FROM inserted WHERE status = 'queued'
+GROUP BY application_id
 """
 
 # Move claimed triggers on to their next slot; NULL stops a trigger whose
@@ -185,13 +191,14 @@ async def insert_slots(
     application_ids: Sequence[uuid.UUID],
     scheduled: Sequence[datetime],
     statuses: Sequence[str],
-) -> list[asyncpg.Record]:
-    """Insert runs for slots; returns (application_id, status) of new ones."""
+) -> dict[uuid.UUID, int]:
+    """Insert runs for slots; returns application id -> runs newly queued."""
     if not trigger_ids:
-        return []
-    return await connection.fetch(
+        return {}
+    rows = await connection.fetch(
         INSERT_SLOTS, trigger_ids, application_ids, scheduled, statuses
     )
+    return {row["application_id"]: row["queued"] for row in rows}
 
 
 async def advance_triggers(

@@ -229,9 +229,11 @@ async def test_retention_deletes_only_old_finished_runs(
     await pool.execute(
         """
         INSERT INTO trigger_runs (trigger_id, application_id, scheduled_at,
-                                  status, finished_at)
-        VALUES ($1, $2, now() - interval '1 hour', 'failed', now()),
-               ($1, $2, now() - interval '1 year', 'queued', NULL)
+                                  status, finished_at, available_at)
+        VALUES ($1, $2, now() - interval '1 hour', 'failed', now(), now()),
+               -- Old but unfinished, and not due for dispatch in this test.
+               ($1, $2, now() - interval '1 year', 'queued', NULL,
+                now() + interval '1 day')
         """,
         trigger.id,
         application.id,
