@@ -44,6 +44,9 @@ STANDBY = "standby"
 # Housekeeping tick: refresh queue metrics and rescue expired leases.
 HOUSEKEEPING_INTERVAL = 1.0
 
+# The least time outcomes get to be written at stop, even after a full drain.
+WRITE_GRACE = 1.0
+
 # Retention runs this often on the leader; old runs are not urgent.
 RETENTION_INTERVAL = 600.0
 
@@ -106,11 +109,13 @@ class Executor:
             self._competing = None
 
         # 2. Callbacks in flight get the drain timeout to finish.
+        deadline = time.monotonic() + self.cron.drain_timeout
         unfinished = await self.dispatcher.drain(self.cron.drain_timeout)
 
         # 3. Outcomes of finished callbacks are written, then what did not
-        #    finish goes back to the queue under the same run id.
-        await self.writer.close(self.cron.drain_timeout or 1.0)
+        #    finish goes back to the queue under the same run id. Writing
+        #    gets what is left of the drain timeout, and at least a moment.
+        await self.writer.close(max(deadline - time.monotonic(), WRITE_GRACE))
         if unfinished:
             try:
                 requeued = await requeue_own(self.database.pool, unfinished)
