@@ -11,14 +11,17 @@ server would hand the lock to a standby. Claims on other connections check
 the lock themselves through the `Fence` (see manager.store.runs).
 
 Behind a transaction-pooling proxy (PgBouncer in transaction mode) a session
-lock belongs to whichever server connection ran the statement, not to us;
-the lock's backend pid then differs between statements. That is detected and
-the instance refuses to lead.
+lock belongs to whichever server connection ran the statement, not to us:
+the lock's backend pid may change between statements, and another client
+handed the same server connection "holds" the lock as well. Both are checked
+(the second with a connection of our own right after the lock is granted)
+and the instance refuses to lead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -43,6 +46,16 @@ PROBE = f"SELECT pg_backend_pid() = $1 AND {FENCE}"
 
 # Give the lock back (shutdown).
 UNLOCK = "SELECT pg_advisory_unlock($1)"
+
+# What the log says when the lock cannot be trusted.
+POOLING_PROXY = (
+    "the advisory lock is not private to this connection's session (a "
+    "transaction-pooling proxy such as PgBouncer in transaction mode?); point "
+    "the executor at PostgreSQL directly or at a session-pooling proxy"
+)
+
+# Grants a pooled session may have collected from several clients.
+MAX_UNLOCKS = 16
 
 _CONNECTION_ERRORS = (
     asyncpg.PostgresError,
@@ -99,21 +112,50 @@ class LeaderLock:
             same_session = await connection.fetchval(
                 PROBE, *fence.arguments(), timeout=self.cron.lock_probe_timeout
             )
+            shared = same_session and await self._shared(fence)
         except _CONNECTION_ERRORS as error:
             self.abandon()
             raise DatabaseError(
                 f"leader lock check failed: {_reason(error)}"
             ) from error
-        if not same_session:
+        if not same_session or shared:
+            await self._give_back(connection)
             self.abandon()
-            raise PoolingProxyError(
-                "the advisory lock is not held by this connection's session "
-                "(a transaction-pooling proxy such as PgBouncer in transaction "
-                "mode?); point the executor at PostgreSQL directly or at a "
-                "session-pooling proxy"
-            )
+            raise PoolingProxyError(POOLING_PROXY)
         self.fence = fence
         return True
+
+    async def _shared(self, fence: Fence) -> bool:
+        """Does another connection end up in the lock's server session?
+
+        With a real session, a second connection is refused the lock. Behind
+        a transaction pooler it may be handed the very server connection
+        that holds it, and then "gets" the lock too: two leaders.
+        """
+        other = await connect(self.target)
+        try:
+            row = await other.fetchrow(
+                TRY_LOCK, self.key, timeout=self.cron.lock_probe_timeout
+            )
+            if row["acquired"]:
+                await self._give_back(other)
+            return bool(row["acquired"]) or row["pid"] == fence.pid
+        finally:
+            other.terminate()
+
+    async def _give_back(self, connection: asyncpg.Connection) -> None:
+        """Undo lock grants made through a pooler, as far as it lets us.
+
+        A pooled server session outlives our client connection, so the lock
+        would stay taken for everyone; each unlock drops one grant.
+        """
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            for _ in range(MAX_UNLOCKS):
+                released = await connection.fetchval(
+                    UNLOCK, self.key, timeout=self.cron.lock_probe_timeout
+                )
+                if not released:
+                    return
 
     async def listen(self, on_notify: Listener) -> None:
         """Call `on_notify` for every NOTIFY on the triggers channel."""
