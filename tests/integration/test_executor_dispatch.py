@@ -211,7 +211,8 @@ async def test_slow_application_does_not_delay_another(
     assert len({d.webhook_id for d in stuck.deliveries[:3]}) == 3
     for delivery in deliveries:
         scheduled = datetime.fromisoformat(delivery.json["run"]["scheduled_at"])
-        assert delivery.received_at - scheduled.timestamp() < 1.0
+        # Each slot arrives long before the stuck callbacks could time out.
+        assert delivery.received_at - scheduled.timestamp() < 2.0
 
 
 async def test_run_now_is_delivered_without_waiting_for_the_schedule(

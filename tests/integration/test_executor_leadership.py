@@ -92,7 +92,9 @@ async def test_dead_lock_connection_ends_leadership_at_once(
         silenced = loop.time()
         async with asyncio.timeout(3):
             await harness.stood_down.wait()
-        assert loop.time() - silenced < 0.2 + 0.5 + 0.5
+        # One probe interval plus one probe timeout, and a margin for a
+        # busy machine.
+        assert loop.time() - silenced < 0.2 + 0.5 + 1.0
         assert harness.statuses == [LEADER, STANDBY]
         assert harness.executor.metrics.leader.get({}) == 0
         # The server still sees the old session holding the lock, so the
