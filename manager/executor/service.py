@@ -151,7 +151,11 @@ class Executor:
             reason = await self._lead()
             if reason is None:
                 return
-            log.warning("leadership lost", extra={"reason": reason})
+            if self._leading:
+                log.warning("leadership lost", extra={"reason": reason})
+            else:
+                # The lock was granted but could not be put to work.
+                log.warning("leadership not taken up", extra={"reason": reason})
             self.lock.abandon()
             self._set_leading(False)
             await wait_for_event(self._stopping, self.cron.lock_retry_interval)
