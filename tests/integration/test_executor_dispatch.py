@@ -84,8 +84,8 @@ async def test_server_error_then_success_is_one_run_with_two_attempts(
 ) -> None:
     backend.behaviour = Behaviour(flap=True)
     application = await create_application(pool, backend.url)
-    # One slot a minute: the test sees exactly one run.
-    trigger = await add_trigger(pool, application, schedule="0 * * * * *")
+    # A yearly schedule made due now: the test sees exactly one run.
+    trigger = await add_trigger(pool, application, schedule="0 0 1 1 *")
     await pool.execute(
         "UPDATE triggers SET next_run_at = date_trunc('second', now()) WHERE id = $1",
         trigger.id,
@@ -112,7 +112,7 @@ async def test_not_found_fails_after_one_attempt(
 ) -> None:
     backend.behaviour = Behaviour(status=404)
     application = await create_application(pool, backend.url)
-    trigger = await add_trigger(pool, application, schedule="0 * * * * *")
+    trigger = await add_trigger(pool, application, schedule="0 0 1 1 *")
     await pool.execute(
         "UPDATE triggers SET next_run_at = date_trunc('second', now()) WHERE id = $1",
         trigger.id,
@@ -136,7 +136,7 @@ async def test_hanging_backend_times_out_is_retried_then_fails(
     trigger = await add_trigger(
         pool,
         application,
-        schedule="0 * * * * *",
+        schedule="0 0 1 1 *",
         timeout_seconds=0.3,
         max_retries=2,
     )
@@ -163,9 +163,7 @@ async def test_too_many_requests_honours_retry_after(
 ) -> None:
     backend.behaviour = Behaviour(status=429, headers={"Retry-After": "1"})
     application = await create_application(pool, backend.url)
-    trigger = await add_trigger(
-        pool, application, schedule="0 * * * * *", max_retries=1
-    )
+    trigger = await add_trigger(pool, application, schedule="0 0 1 1 *", max_retries=1)
     await pool.execute(
         "UPDATE triggers SET next_run_at = date_trunc('second', now()) WHERE id = $1",
         trigger.id,
@@ -247,7 +245,7 @@ async def test_metadata_address_is_refused_at_dispatch_without_retry(
         "UPDATE applications SET backend_url = 'http://169.254.169.254' WHERE id = $1",
         application.id,
     )
-    trigger = await add_trigger(pool, application, schedule="0 * * * * *")
+    trigger = await add_trigger(pool, application, schedule="0 0 1 1 *")
     await pool.execute(
         "UPDATE triggers SET next_run_at = date_trunc('second', now()) WHERE id = $1",
         trigger.id,
