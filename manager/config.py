@@ -450,6 +450,7 @@ def _check_combinations(settings: Settings, problems: list[str]) -> None:
             "PFY_CRON_APP_CONCURRENCY: must not exceed PFY_CRON_MAX_CONCURRENCY "
             f"({settings.cron.max_concurrency})"
         )
+    _check_rescue_grace(settings.cron, problems)
     if settings.env == "production":
         if settings.db.host is None:
             problems.append(
@@ -461,3 +462,15 @@ def _check_combinations(settings: Settings, problems: list[str]) -> None:
                 "PFY_POCKET_ID_HOST: required when PFY_ENV is production "
                 "(the API refuses to run without authentication)"
             )
+
+
+def _check_rescue_grace(cron: CronSettings, problems: list[str]) -> None:
+    """A run's lease must outlive the time a leader needs to notice it lost the
+    lock; otherwise the next leader could rescue a callback still in flight."""
+    detection = cron.lock_probe_interval + cron.lock_probe_timeout
+    if cron.rescue_grace <= 0 or cron.rescue_grace < detection:
+        problems.append(
+            f"PFY_CRON_RESCUE_GRACE: must be above 0 and at least "
+            f"PFY_CRON_LOCK_PROBE_INTERVAL + PFY_CRON_LOCK_PROBE_TIMEOUT "
+            f"({detection:g}s), got {cron.rescue_grace:g}s"
+        )

@@ -86,7 +86,9 @@ class Daemon:
                 app, self.settings.host, self.settings.port
             )
         if self.settings.runs_executor:
-            self.executor = Executor(self.settings, self.database)
+            self.executor = Executor(
+                self.settings, self.database, on_status=self._executor_status
+            )
             metrics_app = build_metrics_app(
                 self.database, self.executor.registry, self.settings.run_mode
             )
@@ -136,8 +138,15 @@ class Daemon:
             self.embedded = None
         log.info("manager stopped", extra={"mode": self.settings.run_mode})
 
-    def _status_text(self) -> str:
-        return f"mode {self.settings.run_mode}"
+    def _status_text(self, role: str | None = None) -> str:
+        if role is None and self.executor is not None:
+            role = "leader" if self.executor.is_leader else "standby"
+        text = f"mode {self.settings.run_mode}"
+        return f"{text}, executor {role}" if role else text
+
+    def _executor_status(self, role: str) -> None:
+        """Show leader or standby in `systemctl status` as it changes."""
+        self.notifier.status(self._status_text(role))
 
     async def open_database(self, migrate: bool) -> DatabaseTarget:
         """Find or start the database, wait until it answers, migrate it."""

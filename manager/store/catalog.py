@@ -16,6 +16,7 @@ from manager.signing import generate_secret
 from manager.store.common import (
     Queryable,
     clean_name,
+    delete_row,
     parent_exists,
     parse_id,
     unique_name,
@@ -125,11 +126,7 @@ async def update_project(db: Queryable, project_id: Any, name: str) -> Project:
 
 async def delete_project(db: Queryable, project_id: Any) -> None:
     """Delete a project and, by cascade, everything in it."""
-    deleted = await db.fetchval(
-        "DELETE FROM projects WHERE id = $1 RETURNING id", parse_id(project_id)
-    )
-    if deleted is None:
-        raise NotFoundError(f"project {project_id} does not exist")
+    await delete_row(db, "project", project_id)
 
 
 # --- tenants
@@ -195,11 +192,7 @@ async def update_tenant(db: Queryable, tenant_id: Any, name: str) -> Tenant:
 
 
 async def delete_tenant(db: Queryable, tenant_id: Any) -> None:
-    deleted = await db.fetchval(
-        "DELETE FROM tenants WHERE id = $1 RETURNING id", parse_id(tenant_id)
-    )
-    if deleted is None:
-        raise NotFoundError(f"tenant {tenant_id} does not exist")
+    await delete_row(db, "tenant", tenant_id)
 
 
 # --- applications
@@ -319,9 +312,4 @@ async def rotate_signing_secret(db: Queryable, application_id: Any) -> str:
 
 
 async def delete_application(db: Queryable, application_id: Any) -> None:
-    deleted = await db.fetchval(
-        "DELETE FROM applications WHERE id = $1 RETURNING id",
-        parse_id(application_id),
-    )
-    if deleted is None:
-        raise NotFoundError(f"application {application_id} does not exist")
+    await delete_row(db, "application", application_id)

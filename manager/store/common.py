@@ -40,6 +40,28 @@ def clean_name(value: Any, field: str = "name") -> str:
     return name
 
 
+# The tables whose rows delete_row may remove, by the kind named in errors.
+_DELETABLE = {
+    "project": "projects",
+    "tenant": "tenants",
+    "application": "applications",
+    "trigger": "triggers",
+}
+
+
+async def delete_row(db: Queryable, kind: str, object_id: Any) -> uuid.UUID:
+    """Delete one project, tenant, application or trigger (and, by cascade,
+    everything below it); NotFoundError when there is no such row."""
+    table = _DELETABLE[kind]
+    identifier = parse_id(object_id)
+    deleted = await db.fetchval(
+        f"DELETE FROM {table} WHERE id = $1 RETURNING id", identifier
+    )
+    if deleted is None:
+        raise NotFoundError(f"{kind} {object_id} does not exist")
+    return identifier
+
+
 @asynccontextmanager
 async def transaction(source: Queryable) -> AsyncIterator[asyncpg.Connection]:
     """A transaction on `source`, taking a pool connection when given a pool."""

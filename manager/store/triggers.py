@@ -24,6 +24,7 @@ from manager.schedule import MisfirePolicy, parse_schedule, parse_timezone
 from manager.store.common import (
     Queryable,
     clean_name,
+    delete_row,
     parent_exists,
     parse_id,
     transaction,
@@ -364,13 +365,8 @@ async def set_trigger_enabled(db: Queryable, trigger_id: Any, enabled: bool) -> 
 
 
 async def delete_trigger(db: Queryable, trigger_id: Any) -> None:
-    identifier = parse_id(trigger_id)
     async with transaction(db) as connection:
-        deleted = await connection.fetchval(
-            "DELETE FROM triggers WHERE id = $1 RETURNING id", identifier
-        )
-        if deleted is None:
-            raise NotFoundError(f"trigger {trigger_id} does not exist")
+        identifier = await delete_row(connection, "trigger", trigger_id)
         await connection.execute(NOTIFY_EXECUTOR, TRIGGERS_CHANNEL, str(identifier))
 
 

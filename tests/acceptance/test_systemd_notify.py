@@ -71,3 +71,26 @@ async def test_ready_after_health_then_watchdog_then_stopping(
         assert await process.wait() == 0
     finally:
         await process.close()
+
+
+async def test_executor_status_names_its_role(
+    database: DatabaseTarget, notify_socket: tuple[socket.socket, str]
+) -> None:
+    receiver, path = notify_socket
+    environment = clean_environment(
+        PFY_RUN_MODE="executor",
+        PFY_CRON_METRICS_PORT=str(free_port()),
+        NOTIFY_SOCKET=path,
+        **database_environment(database),
+    )
+    process = ManagerProcess(environment)
+    await process.start()
+    try:
+        assert await next_message(receiver) == "READY=1"
+        statuses = [await next_message(receiver)]
+        while "leader" not in statuses[-1]:
+            statuses.append(await next_message(receiver))
+        assert statuses[-1] == "STATUS=mode executor, executor leader"
+        assert await process.terminate() == 0
+    finally:
+        await process.close()

@@ -1,0 +1,232 @@
+"""Leadership: the one active executor holds a session advisory lock.
+
+The lock lives on a dedicated connection opened outside the pool: asyncpg's
+pool runs `pg_advisory_unlock_all()` whenever it takes a connection back,
+which would silently drop the lock. The same connection carries LISTEN for
+trigger changes while this instance leads.
+
+A leader proves it still holds the lock on every probe; a probe that fails
+or takes longer than its timeout ends leadership at once, well before the
+server would hand the lock to a standby. Claims on other connections check
+the lock themselves through the `Fence` (see manager.store.runs).
+
+Behind a transaction-pooling proxy (PgBouncer in transaction mode) a session
+lock belongs to whichever server connection ran the statement, not to us:
+the lock's backend pid may change between statements, and another client
+handed the same server connection "holds" the lock as well. Both are checked
+(the second with a connection of our own right after the lock is granted)
+and the instance refuses to lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from manager.config import CronSettings
+from manager.db.pool import TRIGGERS_CHANNEL, DatabaseTarget, connect
+from manager.errors import DatabaseError
+from manager.store.runs import FENCE, Fence
+
+log = logging.getLogger(__name__)
+
+# The executor lock's key: "PFYXEXEC" in ASCII. Both 32-bit halves are below
+# 2**31, so they read the same as signed or unsigned numbers in pg_locks.
+LOCK_KEY = 0x50465958_45584543
+
+# Take the lock if free; the pid says which server session now holds it.
+TRY_LOCK = "SELECT pg_try_advisory_lock($1) AS acquired, pg_backend_pid() AS pid"
+
+# Does this session still hold the lock, on the same server backend?
+PROBE = f"SELECT pg_backend_pid() = $1 AND {FENCE}"
+
+# Give the lock back (shutdown).
+UNLOCK = "SELECT pg_advisory_unlock($1)"
+
+# What the log says when the lock cannot be trusted.
+POOLING_PROXY = (
+    "the advisory lock is not private to this connection's session (a "
+    "transaction-pooling proxy such as PgBouncer in transaction mode?); point "
+    "the executor at PostgreSQL directly or at a session-pooling proxy"
+)
+
+# Grants a pooled session may have collected from several clients.
+MAX_UNLOCKS = 16
+
+_CONNECTION_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+Listener = Callable[[], None]
+
+
+class PoolingProxyError(DatabaseError):
+    """The database connection goes through a transaction-pooling proxy."""
+
+
+class LeaderLock:
+    """The executor lock and the dedicated connection that holds it."""
+
+    def __init__(
+        self, target: DatabaseTarget, cron: CronSettings, key: int = LOCK_KEY
+    ) -> None:
+        self.target = target
+        self.cron = cron
+        self.key = key
+        self.fence: Fence | None = None
+        self._connection: asyncpg.Connection | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def held(self) -> bool:
+        return self.fence is not None
+
+    async def try_acquire(self) -> bool:
+        """One attempt at the lock; True when this instance now leads.
+
+        Raises DatabaseError when the database cannot be asked, and
+        PoolingProxyError when the lock would not mean anything.
+        """
+        connection = await self._open()
+        try:
+            row = await connection.fetchrow(
+                TRY_LOCK, self.key, timeout=self.cron.lock_probe_timeout
+            )
+        except _CONNECTION_ERRORS as error:
+            self.abandon()
+            raise DatabaseError(
+                f"leader lock attempt failed: {_reason(error)}"
+            ) from error
+        if not row["acquired"]:
+            return False
+
+        fence = Fence(pid=row["pid"], key=self.key)
+        try:
+            same_session = await connection.fetchval(
+                PROBE, *fence.arguments(), timeout=self.cron.lock_probe_timeout
+            )
+            shared = same_session and await self._shared(fence)
+        except _CONNECTION_ERRORS as error:
+            self.abandon()
+            raise DatabaseError(
+                f"leader lock check failed: {_reason(error)}"
+            ) from error
+        if not same_session or shared:
+            await self._give_back(connection)
+            self.abandon()
+            raise PoolingProxyError(POOLING_PROXY)
+        self.fence = fence
+        return True
+
+    async def _shared(self, fence: Fence) -> bool:
+        """Does another connection end up in the lock's server session?
+
+        With a real session, a second connection is refused the lock. Behind
+        a transaction pooler it may be handed the very server connection
+        that holds it, and then "gets" the lock too: two leaders.
+        """
+        other = await connect(self.target)
+        try:
+            row = await other.fetchrow(
+                TRY_LOCK, self.key, timeout=self.cron.lock_probe_timeout
+            )
+            if row["acquired"]:
+                await self._give_back(other)
+            return bool(row["acquired"]) or row["pid"] == fence.pid
+        finally:
+            other.terminate()
+
+    async def _give_back(self, connection: asyncpg.Connection) -> None:
+        """Undo lock grants made through a pooler, as far as it lets us.
+
+        A pooled server session outlives our client connection, so the lock
+        would stay taken for everyone; each unlock drops one grant.
+        """
+        with contextlib.suppress(*_CONNECTION_ERRORS):
+            for _ in range(MAX_UNLOCKS):
+                released = await connection.fetchval(
+                    UNLOCK, self.key, timeout=self.cron.lock_probe_timeout
+                )
+                if not released:
+                    return
+
+    async def listen(self, on_notify: Listener) -> None:
+        """Call `on_notify` for every NOTIFY on the triggers channel."""
+        assert self._connection is not None
+        async with asyncio.timeout(self.cron.lock_probe_timeout):
+            await self._connection.add_listener(
+                TRIGGERS_CHANNEL, lambda *_arguments: on_notify()
+            )
+
+    async def watch(self) -> str:
+        """Probe the lock until it is lost; return why it was lost."""
+        assert self._connection is not None and self.fence is not None
+        connection, fence = self._connection, self.fence
+        while True:
+            closed = asyncio.ensure_future(self._closed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [closed], timeout=self.cron.lock_probe_interval
+                )
+            finally:
+                closed.cancel()
+            if done:
+                return "lock connection closed"
+            try:
+                held = await connection.fetchval(
+                    PROBE, *fence.arguments(), timeout=self.cron.lock_probe_timeout
+                )
+            except TimeoutError:
+                return "lock probe timed out"
+            except _CONNECTION_ERRORS as error:
+                return f"lock probe failed: {_reason(error)}"
+            if not held:
+                return "lock no longer held by this session"
+
+    async def release(self) -> None:
+        """Unlock and close the connection, so a standby takes over at once."""
+        connection, self._connection = self._connection, None
+        held, self.fence = self.fence is not None, None
+        if connection is None:
+            return
+        try:
+            if held:
+                await connection.fetchval(
+                    UNLOCK, self.key, timeout=self.cron.lock_probe_timeout
+                )
+            await asyncio.wait_for(connection.close(), self.cron.lock_probe_timeout)
+        except _CONNECTION_ERRORS:
+            # Closing the socket ends the session, which frees the lock too.
+            connection.terminate()
+
+    def abandon(self) -> None:
+        """Drop the lock connection without talking to the server.
+
+        Used once the connection cannot be trusted: the server frees the
+        lock when it notices the session is gone.
+        """
+        connection, self._connection = self._connection, None
+        self.fence = None
+        if connection is not None and not connection.is_closed():
+            connection.terminate()
+
+    async def _open(self) -> asyncpg.Connection:
+        if self._connection is not None and not self._connection.is_closed():
+            return self._connection
+        connection = await connect(self.target)
+        self._closed = asyncio.Event()
+        closed = self._closed
+        connection.add_termination_listener(lambda _connection: closed.set())
+        self._connection = connection
+        return connection
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).strip() or type(error).__name__

@@ -1,0 +1,233 @@
+"""Scheduling: turn due trigger slots into queued runs.
+
+One transaction per batch locks due triggers (`FOR UPDATE SKIP LOCKED`),
+plans their slots by misfire policy, inserts the runs and moves each trigger
+on to its next slot. The database clock decides what is due. Between batches
+the loop sleeps until the earliest `next_run_at`, or until a NOTIFY says
+triggers changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+
+from manager.config import CronSettings
+from manager.errors import ScheduleError
+from manager.executor.metrics import ExecutorMetrics
+from manager.executor.waiting import wait_for_event
+from manager.schedule import (
+    SlotPlan,
+    parse_misfire_policy,
+    parse_schedule,
+    parse_timezone,
+    plan_due_slots,
+)
+from manager.store.runs import (
+    QUEUED,
+    SKIPPED,
+    DueTrigger,
+    Fence,
+    advance_triggers,
+    claim_due_triggers,
+    insert_slots,
+    seconds_until_next_slot,
+)
+
+log = logging.getLogger(__name__)
+
+# A trigger due but locked by someone else (an API edit) is retried this
+# soon, rather than spinning on it.
+LOCKED_RETRY = 0.01
+
+# How long the loop waits after a database error before trying again.
+ERROR_PAUSE = 1.0
+
+_DATABASE_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+# Triggers that share a schedule, zone, policy and slot share one plan.
+PlanKey = tuple[str, str, str, datetime]
+
+
+class Scheduler:
+    """Claims due triggers in batches and inserts their runs."""
+
+    def __init__(
+        self,
+        cron: CronSettings,
+        pool: asyncpg.Pool,
+        metrics: ExecutorMetrics,
+        on_enqueued: Callable[[], None],
+    ) -> None:
+        self.cron = cron
+        self.pool = pool
+        self.metrics = metrics
+        self.on_enqueued = on_enqueued
+        self.wake = asyncio.Event()
+
+    async def run(self, fence: Fence) -> None:
+        """Schedule until cancelled (leadership ends)."""
+        while True:
+            try:
+                # One connection for the whole term: giving it back to the
+                # pool after every batch would cost a reset round trip.
+                async with self.pool.acquire() as connection:
+                    await self._schedule_loop(connection, fence)
+            except _DATABASE_ERRORS as error:
+                log.warning("trigger claim failed", extra={"error": str(error)})
+                await wait_for_event(self.wake, ERROR_PAUSE)
+
+    async def _schedule_loop(
+        self, connection: asyncpg.Connection, fence: Fence
+    ) -> None:
+        while True:
+            self.wake.clear()
+            claimed = await self.run_once(fence, connection=connection)
+            if claimed >= self.cron.batch_size:
+                # More may be due right now; let other tasks run first.
+                await asyncio.sleep(0)
+                continue
+            delay = await self._sleep_time(connection, claimed)
+            await wait_for_event(self.wake, delay)
+
+    async def _sleep_time(self, connection: asyncpg.Connection, claimed: int) -> float:
+        seconds = await seconds_until_next_slot(connection)
+        if seconds is None:
+            return self.cron.max_sleep
+        if seconds <= 0:
+            # Due but not claimed: locked by another transaction right now.
+            return 0.0 if claimed else LOCKED_RETRY
+        return min(seconds, self.cron.max_sleep)
+
+    async def run_once(
+        self,
+        fence: Fence,
+        now: datetime | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> int:
+        """One batch; returns how many triggers it claimed.
+
+        `now` stands in for the database clock only where tests simulate
+        time; production passes nothing.
+        """
+        if connection is None:
+            async with self.pool.acquire() as acquired:
+                return await self.run_once(fence, now, acquired)
+
+        async with connection.transaction():
+            triggers, clock = await claim_due_triggers(
+                connection, fence, self.cron.batch_size, now
+            )
+            if not triggers or clock is None:
+                return 0
+            batch = self._plan(triggers, clock)
+            inserted = await insert_slots(
+                connection,
+                batch.trigger_ids,
+                batch.application_ids,
+                batch.scheduled,
+                batch.statuses,
+            )
+            await advance_triggers(
+                connection, batch.advanced_ids, batch.next_runs, batch.last_runs
+            )
+
+        for application, count in inserted.items():
+            self.metrics.count_enqueued(application, count)
+        if inserted:
+            self.on_enqueued()
+        return len(triggers)
+
+    def _plan(self, triggers: list[DueTrigger], now: datetime) -> SlotBatch:
+        batch = SlotBatch()
+        plans: dict[PlanKey, SlotPlan | None] = {}
+        for trigger in triggers:
+            key = (
+                trigger.schedule,
+                trigger.timezone,
+                trigger.misfire_policy,
+                trigger.next_run_at,
+            )
+            if key not in plans:
+                plans[key] = self._plan_one(trigger, now)
+            plan = plans[key]
+            if plan is None:
+                batch.stop(trigger.id)
+                continue
+            batch.add(trigger, plan)
+            _report_misfire(trigger, plan)
+        return batch
+
+    def _plan_one(self, trigger: DueTrigger, now: datetime) -> SlotPlan | None:
+        try:
+            return plan_due_slots(
+                parse_schedule(trigger.schedule),
+                parse_timezone(trigger.timezone),
+                trigger.next_run_at,
+                now,
+                parse_misfire_policy(trigger.misfire_policy),
+                self.cron.catch_up_limit,
+            )
+        except ScheduleError as error:
+            # Only a row written around the API gets here; the trigger
+            # stops until someone saves a valid schedule.
+            log.error(
+                "trigger schedule unreadable",
+                extra={"trigger": str(trigger.id), "error": str(error)},
+            )
+            return None
+
+
+class SlotBatch:
+    """The parallel arrays one batch sends to the database."""
+
+    def __init__(self) -> None:
+        self.trigger_ids: list[uuid.UUID] = []
+        self.application_ids: list[uuid.UUID] = []
+        self.scheduled: list[datetime] = []
+        self.statuses: list[str] = []
+        self.advanced_ids: list[uuid.UUID] = []
+        self.next_runs: list[datetime | None] = []
+        self.last_runs: list[datetime | None] = []
+
+    def add(self, trigger: DueTrigger, plan: SlotPlan) -> None:
+        for slots, status in ((plan.skipped, SKIPPED), (plan.fire, QUEUED)):
+            for slot in slots:
+                self.trigger_ids.append(trigger.id)
+                self.application_ids.append(trigger.application_id)
+                self.scheduled.append(slot)
+                self.statuses.append(status)
+        self.advanced_ids.append(trigger.id)
+        self.next_runs.append(plan.next_run_at)
+        self.last_runs.append(plan.fire[-1] if plan.fire else None)
+
+    def stop(self, trigger_id: uuid.UUID) -> None:
+        self.advanced_ids.append(trigger_id)
+        self.next_runs.append(None)
+        self.last_runs.append(None)
+
+
+def _report_misfire(trigger: DueTrigger, plan: SlotPlan) -> None:
+    """Warn when slots were missed: more than the stored one was due."""
+    if plan.skipped or len(plan.fire) != 1 or plan.fire[0] != trigger.next_run_at:
+        log.warning(
+            "misfire",
+            extra={
+                "trigger": str(trigger.id),
+                "app": str(trigger.application_id),
+                "policy": trigger.misfire_policy,
+                "missed_since": trigger.next_run_at.isoformat(),
+                "fired": len(plan.fire),
+                "skipped": len(plan.skipped),
+            },
+        )
