@@ -22,7 +22,9 @@ import uvloop
 
 from manager.db.migrations import apply_migrations
 from manager.db.pool import DatabaseTarget, connect, create_pool
-from tests.support.server import PostgresServer
+from tests.support.backend import RecordingBackend
+from tests.support.process import ManagerProcess
+from tests.support.server import OwnPostgres, PostgresServer
 
 TEMPLATE_NAME = "pfy_test_template"
 
@@ -117,3 +119,31 @@ async def pool(database: DatabaseTarget) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(database, min_size=1, max_size=10)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[ManagerProcess]]:
+    """`manager` processes a test starts; any still running are killed."""
+    started: list[ManagerProcess] = []
+    yield started
+    for process in started:
+        await process.close()
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[RecordingBackend]:
+    """An application backend on 127.0.0.1 that answers 200 at once."""
+    server = await RecordingBackend().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[OwnPostgres]:
+    """A PostgreSQL server for this test alone, which it may stop and restart."""
+    with tempfile.TemporaryDirectory(prefix="pfy-own-pg-") as directory:
+        server = OwnPostgres(Path(directory))
+        try:
+            yield await server.start()
+        finally:
+            await server.close()
