@@ -79,7 +79,7 @@ class Executor:
         self.lock = LeaderLock(database.target, settings.cron)
         self.writer = OutcomeWriter(database.pool, self.metrics)
         self.dispatcher = Dispatcher(
-            settings, database.pool, self.metrics, self.writer.add
+            settings, database.pool, self.metrics, self.writer.add, self.lock.is_fresh
         )
         self.scheduler = Scheduler(
             settings.cron, database.pool, self.metrics, self.dispatcher.wake.set
