@@ -14,9 +14,11 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import asyncpg
+import orjson
 import pytest
 import uvloop
 
@@ -27,6 +29,10 @@ from tests.support.process import ManagerProcess
 from tests.support.server import OwnPostgres, PostgresServer
 
 TEMPLATE_NAME = "pfy_test_template"
+
+# Where fault and security scenarios append their measured figures, one JSON
+# line per test (see tests/faults/report.py); unset, figures are not kept.
+REPORT_VARIABLE = "FAULTS_REPORT"
 
 
 def pytest_asyncio_loop_factories(
@@ -147,3 +153,47 @@ async def own_postgres() -> AsyncIterator[OwnPostgres]:
             yield await server.start()
         finally:
             await server.close()
+
+
+class Figures:
+    """A scenario's measured figures, written to $FAULTS_REPORT at its end."""
+
+    def __init__(self) -> None:
+        self.scenario = ""
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, scenario: str | None = None, **values: Any) -> None:
+        if scenario is not None:
+            self.scenario = scenario
+        self.values.update(values)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_OUTCOME] = report.outcome
+    return report
+
+
+_OUTCOME = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """Record figures with `figures("scenario", name=value, ...)`."""
+    recorded = Figures()
+    yield recorded
+    path = os.environ.get(REPORT_VARIABLE)
+    if not path or not (recorded.values or recorded.scenario):
+        return
+    line = {
+        "test": request.node.nodeid,
+        "scenario": recorded.scenario,
+        "outcome": request.node.stash.get(_OUTCOME, "error"),
+        "figures": recorded.values,
+    }
+    with open(path, "ab") as report:
+        report.write(orjson.dumps(line) + b"\n")

@@ -79,9 +79,12 @@ async def start_manager(
 
 
 async def start_executor(
-    processes: list[ManagerProcess], target: DatabaseTarget, **settings: str
+    processes: list[ManagerProcess],
+    target: DatabaseTarget,
+    wait: bool = True,
+    **settings: str,
 ) -> ManagerProcess:
-    return await start_manager(processes, target, "executor", **settings)
+    return await start_manager(processes, target, "executor", wait=wait, **settings)
 
 
 def port_of(process: ManagerProcess, name: str = "PFY_CRON_METRICS_PORT") -> int:
@@ -129,15 +132,16 @@ def overlapping_terms(
 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
     """Pairs of terms of different processes that overlap in time.
 
-    `ends` maps a process's index to the moment it was killed: its open term
-    ends there, since a dead process leads nothing.
+    `ends` maps a process's index to the moment it was killed or frozen: a
+    term it held then ends there, since a dead or stopped process does
+    nothing (what a frozen one does once woken is checked separately).
     """
     ends = ends or {}
-    terms = [
-        (index, term)
-        for index, process in enumerate(processes)
-        for term in leadership_terms(process, ends.get(index))
-    ]
+    terms = []
+    for index, process in enumerate(processes):
+        cut = ends.get(index, float("inf"))
+        for start, end in leadership_terms(process, cut):
+            terms.append((index, (start, min(end, cut) if start < cut else end)))
     overlaps = []
     for position, (index, (start, end)) in enumerate(terms):
         for other, (other_start, other_end) in terms[position + 1 :]:
