@@ -73,6 +73,7 @@ class PocketIdSettings:
     groups_claim: str
     admin_group: str
     jwks_cache_seconds: float
+    jwks_refresh_interval: float
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("pocket_id.groups_claim", _text, "groups"),
     Option("pocket_id.admin_group", _text, "manager-admins"),
     Option("pocket_id.jwks_cache_seconds", _duration(1, 86400), 3600.0),
+    Option("pocket_id.jwks_refresh_interval", _duration(0, 3600), 10.0),
     Option("auth.client_secret", _text, "", alias="AUTH_CLIENT_SECRET", secret=True),
     Option("api.max_body_bytes", _integer(1024, 64 * 1024 * 1024), 1024 * 1024),
     Option("api.max_depth", _integer(1, 100), 12),

@@ -6,7 +6,9 @@ the executor has to import the other.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,8 +21,25 @@ log = logging.getLogger("manager.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Told of every request once it is answered: request, status, seconds.
+RequestObserver = Callable[[web.Request, int, float], None]
+
 DATABASE_KEY = web.AppKey("database", Database)
 MODE_KEY = web.AppKey("mode", str)
+
+# Request ids: random per process, then counted, so that they are unique
+# across replicas without asking the kernel for randomness on every request.
+_REQUEST_ID_PREFIX = secrets.token_hex(5) + "-"
+_request_numbers = itertools.count(1)
+
+# An application that counts its requests (the API's metrics) puts its
+# observer here; the log middleware calls it, which costs less than a
+# middleware of its own.
+OBSERVER_KEY: web.AppKey[RequestObserver] = web.AppKey("request_observer")
+
+# Where log_requests keeps the request's id, and the header that returns it.
+REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 async def health(request: web.Request) -> web.Response:
@@ -38,23 +57,37 @@ async def health(request: web.Request) -> web.Response:
 
 @web.middleware
 async def log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One log line per request: method, path, status, duration_ms."""
+    """One log line per request: method, path, status, duration_ms, request_id.
+
+    The request id is also sent back in X-Request-Id and quoted in error
+    answers, so a client's report leads straight to the log line. The app's
+    request observer, if it has one, is told of the request too.
+    """
     started = time.perf_counter()
     status = 500
+    request_id = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
         return response
     except web.HTTPException as error:
         status = error.status
         raise
     finally:
+        elapsed = time.perf_counter() - started
         log.info(
             "request",
             extra={
                 "method": request.method,
                 "path": request.path,
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(elapsed * 1000, 3),
+                "request_id": request_id,
             },
         )
+        observer = request.app.get(OBSERVER_KEY)
+        if observer is not None:
+            observer(request, status, elapsed)

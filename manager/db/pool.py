@@ -111,6 +111,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_setup_connection,
+            reset=_release_connection,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         raise DatabaseError(
@@ -118,6 +119,17 @@ async def create_pool(
         ) from error
     assert pool is not None
     return pool
+
+
+async def _release_connection(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool without asyncpg's reset statement.
+
+    Before calling this, asyncpg still rolls back a transaction left open and
+    drops listeners. Its default reset would add a round trip to every pooled
+    statement to undo session state (advisory locks, LISTEN, cursors, SET)
+    that nothing in the package leaves on a pooled connection: leadership
+    and LISTEN live on dedicated connections, and SET is only ever LOCAL.
+    """
 
 
 def _reason(error: BaseException) -> str:
