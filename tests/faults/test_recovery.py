@@ -38,6 +38,16 @@ from tests.support.process import ManagerProcess
 from tests.support.server import OwnPostgres
 
 
+async def graphql(
+    session: aiohttp.ClientSession, port: int, query: str
+) -> tuple[int, Any]:
+    """POST a GraphQL query; the HTTP status and the JSON answer."""
+    async with session.post(
+        f"http://127.0.0.1:{port}/query", json={"query": query}
+    ) as response:
+        return response.status, await response.json()
+
+
 async def health(session: aiohttp.ClientSession, port: int) -> int:
     try:
         async with session.get(f"http://127.0.0.1:{port}/health") as response:
@@ -102,6 +112,7 @@ async def test_database_restart_with_callbacks_in_flight(
             await own_postgres.stop("immediate")
             down = time.time()
             unhealthy = await wait_for_health(session, api_port, 503, within=10)
+            outage_answer = await graphql(session, api_port, "{ projects { id } }")
 
             # The callbacks in flight finish while the database is down, so
             # their outcomes must wait for it.
@@ -141,6 +152,8 @@ async def test_database_restart_with_callbacks_in_flight(
         restart_took_s=round(healthy - up, 3),
         health_503_after_s=round(unhealthy - down, 3),
         health_200_after_restart_s=round(healthy - up, 3),
+        graphql_while_down=f"{outage_answer[0]} "
+        f"{outage_answer[1]['errors'][0]['extensions']['code']}",
         leader_again_after_restart_s=round(log_time(led) - up, 3),
         daemon_restarts=0,
         **invariants.figures(),
@@ -148,6 +161,11 @@ async def test_database_restart_with_callbacks_in_flight(
         redelivered_runs=redelivered_runs(backend),
     )
     assert in_flight >= IN_FLIGHT
+    # A clear answer while the database is down, not a 500.
+    status, answer = outage_answer
+    assert status in (200, 503)
+    assert answer["errors"][0]["message"] == "database unavailable"
+    assert answer["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
     assert all(process.process.returncode is None for process in processes)
     assert invariants.held, invariants
     assert set(statuses) <= {"succeeded", "queued"}
