@@ -11,12 +11,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from manager.store.triggers import Trigger
 from tests.support.backend import Delivery, RecordingBackend
 from tests.support.cluster import log_time
-from tests.support.executor import Application, add_trigger, create_application
+from tests.support.executor import (
+    Application,
+    add_trigger,
+    create_application,
+    eventually,
+)
 from tests.support.process import ManagerProcess
 
 # Short intervals keep scenarios fast; the relations the daemon enforces
@@ -140,3 +146,33 @@ async def at_fraction_of_second(fraction: float) -> None:
     now = time.time()
     wait = (fraction - now % 1) % 1
     await asyncio.sleep(wait)
+
+
+async def graphql(
+    session: aiohttp.ClientSession, port: int, query: str
+) -> tuple[int, Any]:
+    """POST a GraphQL query; the HTTP status and the JSON answer."""
+    async with session.post(
+        f"http://127.0.0.1:{port}/query", json={"query": query}
+    ) as response:
+        return response.status, await response.json()
+
+
+async def health(session: aiohttp.ClientSession, port: int) -> int:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/health") as response:
+            return response.status
+    except aiohttp.ClientError:
+        return 0
+
+
+async def wait_for_health(
+    session: aiohttp.ClientSession, port: int, wanted: int, within: float
+) -> float:
+    """Poll /health until it answers `wanted`; when it did (Unix seconds)."""
+
+    async def answered() -> bool:
+        return await health(session, port) == wanted
+
+    await eventually(answered, within=within, every=0.1)
+    return time.time()

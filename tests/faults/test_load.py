@@ -5,9 +5,11 @@ every-minute triggers under each misfire policy."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from datetime import datetime, timedelta
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -17,12 +19,14 @@ from tests.faults.invariants import check_invariants, scheduled_through
 from tests.faults.scenario import (
     FAULT_CRON,
     database_now,
+    every_second_triggers,
+    graphql,
     lag_figures,
     repeated_attempts,
     scheduled_at,
 )
 from tests.support.backend import Behaviour, Delivery, RecordingBackend
-from tests.support.cluster import port_of, start_executor
+from tests.support.cluster import log_time, port_of, start_executor, start_manager
 from tests.support.executor import add_trigger, create_application, eventually
 from tests.support.metrics import samples, scrape
 from tests.support.process import ManagerProcess
@@ -303,3 +307,96 @@ async def test_thirty_minutes_down_each_misfire_policy_and_bounded_catch_up(
     assert backend.max_in_flight <= CATCH_UP_CONCURRENCY
     assert invariants.held, invariants
     assert repeated_attempts(backend) == 0
+
+
+SLOW_REQUESTS = 12
+
+
+@pytest.mark.slow
+async def test_exhausted_pool_leaves_probing_and_claiming_working(
+    database: DatabaseTarget,
+    pool: asyncpg.Pool,
+    backend: RecordingBackend,
+    processes: list[ManagerProcess],
+    figures: Figures,
+) -> None:
+    figures("10. connection pool exhausted by slow API queries")
+    await every_second_triggers(pool, backend.url, 5)
+    cron = {**FAULT_CRON, "lock_session_timeout": "3"}
+    leader = await start_executor(processes, database, **cron)
+    await leader.wait_for_log("leadership acquired", timeout=10)
+    # API and executor in one process, sharing the pool settings: three
+    # connections, which a dozen slow queries take at once.
+    both = await start_manager(
+        processes,
+        database,
+        "both",
+        extra={"PFY_DB_POOL_MIN_SIZE": "1", "PFY_DB_POOL_MAX_SIZE": "3"},
+        **cron,
+    )
+    api_port = port_of(both, "PFY_PORT")
+
+    blocker = await pool.acquire()
+    transaction = blocker.transaction()
+    await transaction.start()
+    # Every API query for projects now waits for this lock: slow queries
+    # holding their pool connections. The executor's statements never read
+    # the projects table.
+    await blocker.execute("LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+    async with aiohttp.ClientSession() as session:
+        slow = [
+            asyncio.ensure_future(graphql(session, api_port, "{ projects { id } }"))
+            for _ in range(SLOW_REQUESTS)
+        ]
+        try:
+            waiting = await eventually(
+                lambda: _waiting_on_lock(pool), within=10, every=0.1
+            )
+            mark = len(both.lines)
+            leader.send(signal.SIGTERM)
+            taken = await both.wait_for_log(
+                "leadership acquired", timeout=10, start=mark
+            )
+            took_over = time.time()
+            # Slots after the hand-over are delivered while the API's
+            # queries still hold every pooled connection.
+            first_slot = int(log_time(taken)) + 1
+            await eventually(lambda: _delivered_after(backend, first_slot, 5), within=5)
+            delivered_at = time.time()
+            still_blocked = sum(not request.done() for request in slow)
+        finally:
+            await transaction.rollback()
+            await pool.release(blocker)
+            answers = await asyncio.gather(*slow, return_exceptions=True)
+
+    lost = both.find("leadership lost", mark)
+    window_end = await database_now(pool)
+    await scheduled_through(pool, window_end)
+    invariants = await check_invariants(pool, window_end, recovery=10)
+    statuses = sorted({answer[0] for answer in answers if isinstance(answer, tuple)})
+    figures(
+        api_queries_waiting=waiting,
+        pool_max_size=3,
+        delivered_within_s=round(delivered_at - took_over, 3),
+        api_requests_still_blocked=still_blocked,
+        api_statuses=statuses,
+        leadership_lost=lost is not None,
+        **invariants.figures(),
+    )
+    assert still_blocked >= 3
+    assert lost is None
+    assert 500 not in statuses
+    assert invariants.held, invariants
+
+
+async def _waiting_on_lock(pool: asyncpg.Pool) -> int:
+    """API queries blocked on the projects lock, once there are three."""
+    count = await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return count if count >= 3 else 0
+
+
+async def _delivered_after(backend: RecordingBackend, slot: int, count: int) -> bool:
+    return sum(scheduled_at(d) >= slot for d in backend.deliveries) >= count

@@ -21,8 +21,10 @@ from tests.faults.scenario import (
     FAULT_CRON,
     database_now,
     every_second_triggers,
+    graphql,
     redelivered_runs,
     repeated_attempts,
+    wait_for_health,
 )
 from tests.support.backend import Behaviour, RecordingBackend
 from tests.support.cluster import (
@@ -36,36 +38,6 @@ from tests.support.cluster import (
 from tests.support.executor import add_trigger, create_application, eventually
 from tests.support.process import ManagerProcess
 from tests.support.server import OwnPostgres
-
-
-async def graphql(
-    session: aiohttp.ClientSession, port: int, query: str
-) -> tuple[int, Any]:
-    """POST a GraphQL query; the HTTP status and the JSON answer."""
-    async with session.post(
-        f"http://127.0.0.1:{port}/query", json={"query": query}
-    ) as response:
-        return response.status, await response.json()
-
-
-async def health(session: aiohttp.ClientSession, port: int) -> int:
-    try:
-        async with session.get(f"http://127.0.0.1:{port}/health") as response:
-            return response.status
-    except aiohttp.ClientError:
-        return 0
-
-
-async def wait_for_health(
-    session: aiohttp.ClientSession, port: int, wanted: int, within: float
-) -> float:
-    """Poll /health until it answers `wanted`; when it did (Unix seconds)."""
-
-    async def answered() -> bool:
-        return await health(session, port) == wanted
-
-    await eventually(answered, within=within, every=0.1)
-    return time.time()
 
 
 @pytest.fixture
