@@ -25,6 +25,7 @@ import uvloop
 from manager.db.migrations import apply_migrations
 from manager.db.pool import DatabaseTarget, connect, create_pool
 from tests.support.backend import RecordingBackend
+from tests.support.oidc import Issuer
 from tests.support.process import ManagerProcess
 from tests.support.server import OwnPostgres, PostgresServer
 
@@ -197,3 +198,11 @@ def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
     }
     with open(path, "ab") as report:
         report.write(orjson.dumps(line) + b"\n")
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[Issuer]:
+    """An OIDC issuer on 127.0.0.1 standing in for PocketID."""
+    issuer = await Issuer().start()
+    yield issuer
+    await issuer.close()
