@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -22,9 +22,22 @@ class Database:
 
     target: DatabaseTarget
     pool: asyncpg.Pool
+    _probe: asyncio.Task[bool] | None = field(default=None, init=False, repr=False)
 
     async def is_reachable(self, wait: float = HEALTH_TIMEOUT) -> bool:
-        """True when `SELECT 1` answers within `wait` seconds."""
+        """True when `SELECT 1` answers within `wait` seconds.
+
+        Health checks that arrive while a probe is under way share its
+        answer instead of each taking a pool connection: under a load
+        balancer's checks the answer is never older than one probe, and the
+        pool stays free for real work.
+        """
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._select_one(wait))
+        # Shielded: a client that hangs up must not cancel the shared probe.
+        return await asyncio.shield(self._probe)
+
+    async def _select_one(self, wait: float) -> bool:
         try:
             async with asyncio.timeout(wait):
                 async with self.pool.acquire() as connection:

@@ -1,8 +1,9 @@
 """Leadership: the one active executor holds a session advisory lock.
 
-The lock lives on a dedicated connection opened outside the pool: asyncpg's
-pool runs `pg_advisory_unlock_all()` whenever it takes a connection back,
-which would silently drop the lock. The same connection carries LISTEN for
+The lock lives on a dedicated connection opened outside the pool: a session
+lock belongs to one server connection, and a pooled connection is handed to
+other work between uses (and asyncpg's default pool reset would run
+`pg_advisory_unlock_all()` on it). The same connection carries LISTEN for
 trigger changes while this instance leads.
 
 A leader proves it still holds the lock on every probe; a probe that fails
