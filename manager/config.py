@@ -56,6 +56,7 @@ class CronSettings:
     lock_retry_interval: float
     lock_probe_interval: float
     lock_probe_timeout: float
+    lock_session_timeout: float
     drain_timeout: float
     run_retention: float
     rescue_grace: float
@@ -296,6 +297,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("cron.lock_retry_interval", _duration(0.05, 600), 1.0),
     Option("cron.lock_probe_interval", _duration(0.05, 600), 1.0),
     Option("cron.lock_probe_timeout", _duration(0.05, 600), 2.0),
+    Option("cron.lock_session_timeout", _duration(0.2, 3600), 10.0),
     Option("cron.drain_timeout", _duration(0, 3600), 25.0),
     Option("cron.run_retention", _duration(60, 10 * 365 * 86400), 7 * 86400.0),
     Option("cron.rescue_grace", _duration(0, 86400), 30.0),
@@ -451,6 +453,7 @@ def _check_combinations(settings: Settings, problems: list[str]) -> None:
             f"({settings.cron.max_concurrency})"
         )
     _check_rescue_grace(settings.cron, problems)
+    _check_lock_session_timeout(settings.cron, problems)
     if settings.env == "production":
         if settings.db.host is None:
             problems.append(
@@ -473,4 +476,21 @@ def _check_rescue_grace(cron: CronSettings, problems: list[str]) -> None:
             f"PFY_CRON_RESCUE_GRACE: must be above 0 and at least "
             f"PFY_CRON_LOCK_PROBE_INTERVAL + PFY_CRON_LOCK_PROBE_TIMEOUT "
             f"({detection:g}s), got {cron.rescue_grace:g}s"
+        )
+
+
+def _check_lock_session_timeout(cron: CronSettings, problems: list[str]) -> None:
+    """The server ends a silent lock session after lock_session_timeout, so a
+    frozen or cut-off leader cannot hold the lock for ever. The leader itself
+    must give up first, with room to spare (its last proof reached it a
+    little after the server's idle clock started), and a standby's session,
+    which speaks once per retry, must never look silent."""
+    detection = cron.lock_probe_interval + cron.lock_probe_timeout
+    least = max(2 * detection, 2 * cron.lock_retry_interval)
+    if cron.lock_session_timeout < least:
+        problems.append(
+            f"PFY_CRON_LOCK_SESSION_TIMEOUT: must be at least twice "
+            f"PFY_CRON_LOCK_PROBE_INTERVAL + PFY_CRON_LOCK_PROBE_TIMEOUT and "
+            f"twice PFY_CRON_LOCK_RETRY_INTERVAL ({least:g}s), "
+            f"got {cron.lock_session_timeout:g}s"
         )

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 # database started at the same moment (Compose, Nomad) has time to come up.
 STARTUP_DATABASE_PATIENCE = 60.0
 
+# Connections the executor needs: one each kept by the scheduler, the
+# dispatcher and the outcome writer, one for housekeeping and one for
+# /health and the writes at shutdown.
+EXECUTOR_POOL_SIZE = 5
+
 # How long in-flight API requests get to finish once the daemon stops.
 HTTP_SHUTDOWN_TIMEOUT = 10.0
 
@@ -45,6 +50,8 @@ class Daemon:
         self.settings = settings
         self.embedded: EmbeddedPostgres | None = None
         self.database: Database | None = None
+        # In `both` mode the executor has a pool of its own.
+        self.executor_pool: asyncpg.Pool | None = None
         self.executor: Executor | None = None
         self.api_runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None
@@ -75,10 +82,21 @@ class Daemon:
 
     async def start(self) -> None:
         target = await self.open_database(self.settings.db.migrate_on_start)
-        pool = await create_pool(
-            target, self.settings.db.pool_min_size, self.settings.db.pool_max_size
-        )
+        db = self.settings.db
+        size = db.pool_max_size
+        if self.settings.run_mode == "executor":
+            # The claim loops keep their connections: leave room for
+            # housekeeping and /health whatever the configured size.
+            size = max(size, EXECUTOR_POOL_SIZE)
+        pool = await create_pool(target, min(db.pool_min_size, size), size)
         self.database = Database(target, pool)
+        executor_database = self.database
+        if self.settings.runs_api and self.settings.runs_executor:
+            # Slow API queries could otherwise hold every pooled connection
+            # and stall claiming, though the lock itself stays probed.
+            executor_pool = await create_pool(target, 1, EXECUTOR_POOL_SIZE)
+            executor_database = Database(target, executor_pool)
+            self.executor_pool = executor_pool
 
         if self.settings.runs_api:
             app = build_app(self.settings, self.database)
@@ -87,7 +105,7 @@ class Daemon:
             )
         if self.settings.runs_executor:
             self.executor = Executor(
-                self.settings, self.database, on_status=self._executor_status
+                self.settings, executor_database, on_status=self._executor_status
             )
             metrics_app = build_metrics_app(
                 self.database, self.executor.registry, self.settings.run_mode
@@ -130,6 +148,9 @@ class Daemon:
         if self.metrics_runner is not None:
             await self.metrics_runner.cleanup()
             self.metrics_runner = None
+        if self.executor_pool is not None:
+            await self.executor_pool.close()
+            self.executor_pool = None
         if self.database is not None:
             await self.database.pool.close()
             self.database = None

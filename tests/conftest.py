@@ -14,17 +14,26 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import asyncpg
+import orjson
 import pytest
 import uvloop
 
 from manager.db.migrations import apply_migrations
 from manager.db.pool import DatabaseTarget, connect, create_pool
-from tests.support.server import PostgresServer
+from tests.support.backend import RecordingBackend
+from tests.support.oidc import Issuer
+from tests.support.process import ManagerProcess
+from tests.support.server import OwnPostgres, PostgresServer
 
 TEMPLATE_NAME = "pfy_test_template"
+
+# Where fault and security scenarios append their measured figures, one JSON
+# line per test (see tests/faults/report.py); unset, figures are not kept.
+REPORT_VARIABLE = "FAULTS_REPORT"
 
 
 def pytest_asyncio_loop_factories(
@@ -117,3 +126,83 @@ async def pool(database: DatabaseTarget) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(database, min_size=1, max_size=10)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[ManagerProcess]]:
+    """`manager` processes a test starts; any still running are killed."""
+    started: list[ManagerProcess] = []
+    yield started
+    for process in started:
+        await process.close()
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[RecordingBackend]:
+    """An application backend on 127.0.0.1 that answers 200 at once."""
+    server = await RecordingBackend().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[OwnPostgres]:
+    """A PostgreSQL server for this test alone, which it may stop and restart."""
+    with tempfile.TemporaryDirectory(prefix="pfy-own-pg-") as directory:
+        server = OwnPostgres(Path(directory))
+        try:
+            yield await server.start()
+        finally:
+            await server.close()
+
+
+class Figures:
+    """A scenario's measured figures, written to $FAULTS_REPORT at its end."""
+
+    def __init__(self) -> None:
+        self.scenario = ""
+        self.values: dict[str, Any] = {}
+
+    def __call__(self, scenario: str | None = None, **values: Any) -> None:
+        if scenario is not None:
+            self.scenario = scenario
+        self.values.update(values)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_OUTCOME] = report.outcome
+    return report
+
+
+_OUTCOME = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """Record figures with `figures("scenario", name=value, ...)`."""
+    recorded = Figures()
+    yield recorded
+    path = os.environ.get(REPORT_VARIABLE)
+    if not path or not (recorded.values or recorded.scenario):
+        return
+    line = {
+        "test": request.node.nodeid,
+        "scenario": recorded.scenario,
+        "outcome": request.node.stash.get(_OUTCOME, "error"),
+        "figures": recorded.values,
+    }
+    with open(path, "ab") as report:
+        report.write(orjson.dumps(line) + b"\n")
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[Issuer]:
+    """An OIDC issuer on 127.0.0.1 standing in for PocketID."""
+    issuer = await Issuer().start()
+    yield issuer
+    await issuer.close()

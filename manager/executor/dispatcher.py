@@ -61,6 +61,9 @@ REFUSED = "address refused"
 # How long the claim loop waits after a database error before trying again.
 CLAIM_ERROR_PAUSE = 1.0
 
+# The error kept with a run whose claimed attempt was handed back unsent.
+WITHHELD = "not sent: the executor could not prove it still leads"
+
 _DATABASE_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -69,6 +72,7 @@ _DATABASE_ERRORS = (
 )
 
 OutcomeSink = Callable[[Outcome, uuid.UUID], None]
+LeadershipCheck = Callable[[], bool]
 
 
 class Dispatcher:
@@ -80,12 +84,16 @@ class Dispatcher:
         pool: asyncpg.Pool,
         metrics: ExecutorMetrics,
         record: OutcomeSink,
+        leading: LeadershipCheck = lambda: True,
     ) -> None:
         self.cron = settings.cron
         self.allowed_networks = settings.callbacks.allowed_networks
         self.pool = pool
         self.metrics = metrics
         self.record = record
+        # Asked right before each POST: a process that lost the lock, or was
+        # frozen past its probe deadline, must not send what it claimed.
+        self.leading = leading
         self.wake = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
         # Callbacks in flight: run id -> (attempt, task), and per application.
@@ -158,6 +166,7 @@ class Dispatcher:
         if free <= 0:
             return "full"
         limit = self.cron.app_concurrency
+        started = time.perf_counter()
         saturated = [app for app, count in self.running.items() if count >= limit]
         claim = asyncio.ensure_future(
             claim_runs(
@@ -181,6 +190,7 @@ class Dispatcher:
                 for run in runs:
                     self._start(run)
             raise
+        self.metrics.observe_claim("runs", time.perf_counter() - started)
         for run in runs:
             self._start(run)
         # Set per claim, not per callback: the gauge is read every few
@@ -225,6 +235,9 @@ class Dispatcher:
     async def _deliver(self, run: ClaimedRun) -> None:
         started = time.perf_counter()
         try:
+            if not self.leading():
+                self._withhold(run)
+                return
             try:
                 http_status, error, retry_after = await self._post(run)
             except Exception:
@@ -250,6 +263,29 @@ class Dispatcher:
             _log_outcome(run, outcome)
         finally:
             self._finish(run)
+
+    def _withhold(self, run: ClaimedRun) -> None:
+        """Hand a claimed attempt back unsent; a leader delivers it later."""
+        outcome = Outcome(
+            run_id=run.id,
+            attempt=run.attempt,
+            status=QUEUED,
+            retry_delay=0.0,
+            http_status=None,
+            error=WITHHELD,
+            duration_ms=0.0,
+            sent=False,
+        )
+        self.record(outcome, run.application_id)
+        log.warning(
+            "callback withheld",
+            extra={
+                "app": str(run.application_id),
+                "trigger": str(run.trigger_id),
+                "run": str(run.id),
+                "attempt": run.attempt,
+            },
+        )
 
     async def _post(
         self, run: ClaimedRun

@@ -11,6 +11,15 @@ or takes longer than its timeout ends leadership at once, well before the
 server would hand the lock to a standby. Claims on other connections check
 the lock themselves through the `Fence` (see manager.store.runs).
 
+The server, for its part, ends a lock session that stays silent for
+`cron.lock_session_timeout` (PostgreSQL's idle_session_timeout, set on the
+lock connection only). A leader that is frozen (SIGSTOP, a stuck host) or
+cut off by a half-open connection stops probing, so its session goes silent
+and the lock passes to a standby instead of being held for ever. The leader
+probes far more often than that, and its own deadline comes first; a leader
+that wakes up late sees its proof of leadership is stale (`is_fresh`) and
+sends nothing more under it.
+
 Behind a transaction-pooling proxy (PgBouncer in transaction mode) a session
 lock belongs to whichever server connection ran the statement, not to us:
 the lock's backend pid may change between statements, and another client
@@ -24,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -47,6 +57,11 @@ PROBE = f"SELECT pg_backend_pid() = $1 AND {FENCE}"
 
 # Give the lock back (shutdown).
 UNLOCK = "SELECT pg_advisory_unlock($1)"
+
+# The server ends this session after so many milliseconds of silence, which
+# frees the lock of a leader that can no longer speak (see the module note).
+# SET takes no parameters; the value is a whole number formatted by us.
+SESSION_TIMEOUT = "SET idle_session_timeout = {milliseconds}"
 
 # What the log says when the lock cannot be trusted.
 POOLING_PROXY = (
@@ -84,10 +99,25 @@ class LeaderLock:
         self.fence: Fence | None = None
         self._connection: asyncpg.Connection | None = None
         self._closed = asyncio.Event()
+        # time.monotonic() of the last answer that proved the lock held.
+        self._proven_at = 0.0
+        self._session_timeout_refused = False
 
     @property
     def held(self) -> bool:
         return self.fence is not None
+
+    def is_fresh(self) -> bool:
+        """Is the lock held with a proof no older than one probe cycle?
+
+        A probe that does not answer within the cycle ends leadership anyway;
+        this also covers a process that was frozen and has not probed since
+        it woke up (the monotonic clock runs on while a process is stopped).
+        """
+        if self.fence is None:
+            return False
+        age = time.monotonic() - self._proven_at
+        return age <= self.cron.lock_probe_interval + self.cron.lock_probe_timeout
 
     async def try_acquire(self) -> bool:
         """One attempt at the lock; True when this instance now leads.
@@ -124,6 +154,7 @@ class LeaderLock:
             self.abandon()
             raise PoolingProxyError(POOLING_PROXY)
         self.fence = fence
+        self._proven_at = time.monotonic()
         return True
 
     async def _shared(self, fence: Fence) -> bool:
@@ -190,6 +221,7 @@ class LeaderLock:
                 return f"lock probe failed: {_reason(error)}"
             if not held:
                 return "lock no longer held by this session"
+            self._proven_at = time.monotonic()
 
     async def release(self) -> None:
         """Unlock and close the connection, so a standby takes over at once."""
@@ -222,11 +254,35 @@ class LeaderLock:
         if self._connection is not None and not self._connection.is_closed():
             return self._connection
         connection = await connect(self.target)
+        try:
+            await self._limit_silence(connection)
+        except _CONNECTION_ERRORS as error:
+            connection.terminate()
+            raise DatabaseError(
+                f"leader lock connection setup failed: {_reason(error)}"
+            ) from error
         self._closed = asyncio.Event()
         closed = self._closed
         connection.add_termination_listener(lambda _connection: closed.set())
         self._connection = connection
         return connection
+
+    async def _limit_silence(self, connection: asyncpg.Connection) -> None:
+        """Ask the server to end this session after lock_session_timeout of
+        silence; servers before PostgreSQL 14 do not know the setting."""
+        milliseconds = round(self.cron.lock_session_timeout * 1000)
+        try:
+            await connection.execute(
+                SESSION_TIMEOUT.format(milliseconds=milliseconds),
+                timeout=self.cron.lock_probe_timeout,
+            )
+        except asyncpg.UndefinedObjectError:
+            if not self._session_timeout_refused:
+                self._session_timeout_refused = True
+                log.warning(
+                    "lock session timeout not supported",
+                    extra={"effect": "a frozen leader keeps the lock"},
+                )
 
 
 def _reason(error: BaseException) -> str:

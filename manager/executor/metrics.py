@@ -48,6 +48,10 @@ LAG_BUCKETS = (
 )
 
 
+# Claims: a few milliseconds normally; a second or more means contention.
+CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 class ExecutorMetrics:
     """Every collector of the executor, with the updates it makes."""
 
@@ -94,6 +98,13 @@ class ExecutorMetrics:
             registry=registry,
             buckets=LAG_BUCKETS,
         )
+        self.claim_time = Histogram(
+            "pfy_executor_claim_duration_seconds",
+            "Seconds one claim took: a scheduling transaction (step=triggers) "
+            "or a claim of queued runs (step=runs).",
+            registry=registry,
+            buckets=CLAIM_BUCKETS,
+        )
         self.inflight = Gauge(
             "pfy_executor_inflight_callbacks",
             "Callbacks in flight right now.",
@@ -129,6 +140,9 @@ class ExecutorMetrics:
 
     def observe_lag(self, seconds: float) -> None:
         self.schedule_lag.observe({}, max(seconds, 0.0))
+
+    def observe_claim(self, step: str, seconds: float) -> None:
+        self.claim_time.observe({"step": step}, seconds)
 
     def set_leader(self, leading: bool) -> None:
         self.leader.set({}, 1 if leading else 0)

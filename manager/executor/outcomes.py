@@ -75,13 +75,23 @@ class OutcomeWriter:
     async def _run(self) -> None:
         while True:
             # One connection while writes succeed; a failed write gives it
-            # back (the pool replaces a broken one) and pauses.
-            async with self.pool.acquire() as connection:
-                while True:
-                    await self._arrived.wait()
-                    await asyncio.sleep(GATHER_SECONDS)
-                    if not await self.flush(connection):
-                        break
+            # back (the pool replaces a broken one) and pauses. While the
+            # database is down even taking a connection fails: the writer
+            # must outlive that, or no outcome is written again until a
+            # restart and every later run is delivered twice (by rescue).
+            await self._arrived.wait()
+            try:
+                async with self.pool.acquire() as connection:
+                    while True:
+                        await asyncio.sleep(GATHER_SECONDS)
+                        if not await self.flush(connection):
+                            break
+                        await self._arrived.wait()
+            except _DATABASE_ERRORS as error:
+                log.warning(
+                    "outcome write failed",
+                    extra={"error": str(error), "count": len(self._pending)},
+                )
             await asyncio.sleep(RETRY_PAUSE)
 
     async def flush(self, connection: asyncpg.Connection | None = None) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -124,6 +125,7 @@ class Scheduler:
             async with self.pool.acquire() as acquired:
                 return await self.run_once(fence, now, acquired)
 
+        started = time.perf_counter()
         async with connection.transaction():
             triggers, clock = await claim_due_triggers(
                 connection, fence, self.cron.batch_size, now
@@ -141,6 +143,7 @@ class Scheduler:
             await advance_triggers(
                 connection, batch.advanced_ids, batch.next_runs, batch.last_runs
             )
+        self.metrics.observe_claim("triggers", time.perf_counter() - started)
 
         for application, count in inserted.items():
             self.metrics.count_enqueued(application, count)

@@ -79,7 +79,7 @@ class Executor:
         self.lock = LeaderLock(database.target, settings.cron)
         self.writer = OutcomeWriter(database.pool, self.metrics)
         self.dispatcher = Dispatcher(
-            settings, database.pool, self.metrics, self.writer.add
+            settings, database.pool, self.metrics, self.writer.add, self.lock.is_fresh
         )
         self.scheduler = Scheduler(
             settings.cron, database.pool, self.metrics, self.dispatcher.wake.set
@@ -101,18 +101,30 @@ class Executor:
         self._competing.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
-        """Stop claiming, drain in-flight callbacks, release leadership."""
+        """Stop claiming, release leadership, drain in-flight callbacks."""
         # 1. No new work: the claim loops end with the competition task.
         self._stopping.set()
         if self._competing is not None:
             await asyncio.gather(self._competing, return_exceptions=True)
             self._competing = None
 
-        # 2. Callbacks in flight get the drain timeout to finish.
+        # 2. Give up the lock at once, so a standby leads within one retry
+        #    interval instead of waiting out the drain. It leaves our runs
+        #    alone: each is leased for its timeout plus the rescue grace,
+        #    longer than its callback can take, and every write below
+        #    applies only to the attempt it describes. Callbacks that have
+        #    not been sent yet see the lock gone and are handed back.
+        was_leader = self.lock.held
+        await self.lock.release()
+        if was_leader:
+            log.info("leadership released")
+        self._set_leading(False, announce=False)
+
+        # 3. Callbacks in flight get the drain timeout to finish.
         deadline = time.monotonic() + self.cron.drain_timeout
         unfinished = await self.dispatcher.drain(self.cron.drain_timeout)
 
-        # 3. Outcomes of finished callbacks are written, then what did not
+        # 4. Outcomes of finished callbacks are written, then what did not
         #    finish goes back to the queue under the same run id. Writing
         #    gets what is left of the drain timeout, and at least a moment.
         await self.writer.close(max(deadline - time.monotonic(), WRITE_GRACE))
@@ -123,14 +135,6 @@ class Executor:
             except _DATABASE_ERRORS as error:
                 # Their leases expire and the next leader requeues them.
                 log.error("requeue failed", extra={"error": str(error)})
-
-        # 4. Only now give up the lock, so a standby takes over at once and
-        #    finds every run either finished or queued.
-        was_leader = self.lock.held
-        await self.lock.release()
-        if was_leader:
-            log.info("leadership released")
-        self._set_leading(False, announce=False)
         await self.dispatcher.close()
 
     async def _compete(self) -> None:

@@ -97,7 +97,12 @@ class ClaimedRun:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one attempt came to; `status` is queued again for a retry."""
+    """What one attempt came to; `status` is queued again for a retry.
+
+    `sent` is False for an attempt that was claimed but never sent (its
+    executor could no longer prove it leads): the run goes back to the queue
+    and the attempt does not count.
+    """
 
     run_id: uuid.UUID
     attempt: int
@@ -106,6 +111,7 @@ class Outcome:
     http_status: int | None
     error: str | None
     duration_ms: float
+    sent: bool = True
 
 
 # --- scheduling
@@ -274,10 +280,12 @@ FROM trigger_runs WHERE status = 'queued'
 
 # Record attempts' outcomes; each applies only while the run is still running
 # the same attempt, so a late write cannot undo a rescue or a newer attempt.
+# An attempt never sent is handed back uncounted.
 # `= ANY` keeps the lookup on the primary key (see ADVANCE_TRIGGERS).
 RECORD_OUTCOMES = """
 UPDATE trigger_runs AS run
 SET status = outcome.status,
+    attempt = run.attempt - CASE WHEN outcome.sent THEN 0 ELSE 1 END,
     available_at = CASE WHEN outcome.status = 'queued'
                         THEN now() + make_interval(secs => outcome.delay)
                         ELSE run.available_at END,
@@ -288,8 +296,9 @@ SET status = outcome.status,
     error = outcome.error,
     duration_ms = outcome.duration_ms
 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::int[],
-            $6::text[], $7::float8[])
-     AS outcome (id, attempt, status, delay, http_status, error, duration_ms)
+            $6::text[], $7::float8[], $8::bool[])
+     AS outcome (id, attempt, status, delay, http_status, error, duration_ms,
+                 sent)
 WHERE run.id = outcome.id
   AND run.id = ANY($1::uuid[])
   AND run.status = 'running'
@@ -352,6 +361,7 @@ async def record_outcomes(db: Queryable, outcomes: Sequence[Outcome]) -> set[uui
         [outcome.http_status for outcome in outcomes],
         [outcome.error for outcome in outcomes],
         [outcome.duration_ms for outcome in outcomes],
+        [outcome.sent for outcome in outcomes],
     )
     return {row["id"] for row in rows}
 

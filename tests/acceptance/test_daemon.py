@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -31,14 +30,6 @@ def assert_every_line_is_json(process: ManagerProcess) -> None:
     for text in process.raw_lines:
         line = orjson.loads(text)
         assert {"level", "msg", "timestamp"} <= set(line)
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[ManagerProcess]]:
-    started: list[ManagerProcess] = []
-    yield started
-    for process in started:
-        await process.close()
 
 
 async def run_manager(

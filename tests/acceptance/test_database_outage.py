@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
-import warnings
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from manager.db.pool import DatabaseTarget
 from tests.support.ports import free_port
 from tests.support.process import ManagerProcess, clean_environment
-from tests.support.server import database_environment
-
-
-def start_server(data_dir: Path) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-    return pgserver.get_server(data_dir, cleanup_mode="stop")
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[Path]:
-    """A data directory for a PostgreSQL this test alone stops and starts."""
-    with tempfile.TemporaryDirectory(prefix="pfy-outage-") as directory:
-        yield Path(directory)
-
-
-@pytest.fixture
-async def daemon() -> AsyncIterator[list[ManagerProcess]]:
-    holder: list[ManagerProcess] = []
-    yield holder
-    for process in holder:
-        await process.close()
+from tests.support.server import OwnPostgres, database_environment
 
 
 async def health_status(session: aiohttp.ClientSession, port: int) -> tuple[int, Any]:
@@ -58,25 +30,16 @@ async def wait_for_status(
 
 
 async def test_health_goes_503_and_back_without_restart(
-    own_postgres: Path, daemon: list[ManagerProcess]
+    own_postgres: OwnPostgres, processes: list[ManagerProcess]
 ) -> None:
-    server = await asyncio.to_thread(start_server, own_postgres)
-    info = server.get_postmaster_info()
-    await asyncio.to_thread(server.psql, "CREATE DATABASE manager;")
-    target = DatabaseTarget(
-        host=str(info.socket_dir),
-        port=info.port or 5432,
-        user="postgres",
-        password="",
-        database="manager",
-    )
+    target = await own_postgres.create_database("manager")
     port = free_port()
     process = ManagerProcess(
         clean_environment(
             PFY_RUN_MODE="api", PFY_PORT=str(port), **database_environment(target)
         )
     )
-    daemon.append(process)
+    processes.append(process)
     await process.start()
     await process.wait_started()
 
@@ -84,16 +47,15 @@ async def test_health_goes_503_and_back_without_restart(
         status, body = await health_status(session, port)
         assert (status, body["database"]) == (200, "connected")
 
-        await asyncio.to_thread(server.cleanup)
+        await own_postgres.stop()
         body = await wait_for_status(session, port, 503, within=10)
         assert body["status"] == "unhealthy"
         assert body["database"] == "disconnected"
         assert body["mode"] == "api"
 
-        server = await asyncio.to_thread(start_server, own_postgres)
+        await own_postgres.start()
         body = await wait_for_status(session, port, 200, within=20)
         assert body["status"] == "healthy"
 
     assert process.process is not None and process.process.returncode is None
     assert await process.terminate() == 0
-    await asyncio.to_thread(server.cleanup)

@@ -7,75 +7,16 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import asyncpg
 import pytest
 
 from manager.db.pool import DatabaseTarget
-from manager.executor.leader import LOCK_KEY
 from tests.support.backend import Behaviour, Delivery, RecordingBackend
-from tests.support.executor import (
-    add_trigger,
-    create_application,
-    cron_environment,
-    eventually,
-)
-from tests.support.ports import free_port
-from tests.support.process import ManagerProcess, clean_environment
-from tests.support.server import database_environment
-
-# Who holds the executor lock, from the server's point of view.
-LOCK_HOLDERS = """
-SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 1
-  AND classid = $1 AND objid = $2
-"""
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[ManagerProcess]]:
-    started: list[ManagerProcess] = []
-    yield started
-    for process in started:
-        await process.close()
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[RecordingBackend]:
-    server = await RecordingBackend().start()
-    yield server
-    await server.stop()
-
-
-async def start_executor(
-    processes: list[ManagerProcess], target: DatabaseTarget, **cron: str
-) -> ManagerProcess:
-    environment = clean_environment(
-        PFY_RUN_MODE="executor",
-        PFY_ENV="test",
-        PFY_HOST="127.0.0.1",
-        PFY_CRON_METRICS_PORT=str(free_port()),
-        PFY_DB_MIGRATE_ON_START="false",
-        **database_environment(target),
-        **cron_environment(
-            **{
-                "lock_retry_interval": "0.5",
-                "lock_probe_interval": "0.5",
-                "lock_probe_timeout": "1",
-                **cron,
-            }
-        ),
-    )
-    process = await ManagerProcess(environment).start()
-    processes.append(process)
-    await process.wait_started()
-    return process
-
-
-async def lock_holders(pool: asyncpg.Pool) -> int:
-    return await pool.fetchval(LOCK_HOLDERS, LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)
+from tests.support.cluster import lock_holders, start_executor
+from tests.support.executor import add_trigger, create_application, eventually
+from tests.support.process import ManagerProcess
 
 
 def scheduled_at(delivery: Delivery) -> float:
@@ -107,7 +48,7 @@ async def test_two_executors_one_leader_no_duplicates(
             first.send(signal.SIGTERM)
         if handing_over and second.find("leadership acquired"):
             handing_over = False
-        samples.append((await lock_holders(pool), handing_over))
+        samples.append((len(await lock_holders(pool)), handing_over))
         await asyncio.sleep(0.2)
 
     assert await first.wait(timeout=15) == 0

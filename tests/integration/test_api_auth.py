@@ -19,13 +19,6 @@ ME = "{ me { kind subject name groups isAdmin memberships { tenant { name } role
 
 
 @pytest.fixture
-async def issuer() -> AsyncIterator[Issuer]:
-    issuer = await Issuer().start()
-    yield issuer
-    await issuer.close()
-
-
-@pytest.fixture
 async def api(database: DatabaseTarget, issuer: Issuer) -> AsyncIterator[ApiClient]:
     settings = api_settings(
         PFY_POCKET_ID_HOST=issuer.url,

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from types import ModuleType
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from manager.signing import generate_secret, signature_headers
-
-RECEIVER = Path(__file__).resolve().parents[2] / "examples" / "backend" / "receiver.py"
+from tests.support.receiver import load_receiver
 
 # The example published with the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SPEC_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-
-
-def load_receiver() -> ModuleType:
-    """The example as a team would copy it: a file, not part of the package."""
-    spec = importlib.util.spec_from_file_location("example_receiver", RECEIVER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 receiver = load_receiver()

@@ -7,11 +7,9 @@ import base64
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import asyncpg
-import pytest
 
 from manager.db.pool import DatabaseTarget
 from manager.store.triggers import request_run
@@ -24,13 +22,6 @@ from tests.support.executor import (
     running_executor,
     runs_of,
 )
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[RecordingBackend]:
-    server = await RecordingBackend().start()
-    yield server
-    await server.stop()
 
 
 def expected_signature(secret: str, headers: dict[str, str], body: bytes) -> str:

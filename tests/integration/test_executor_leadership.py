@@ -4,17 +4,15 @@ lock connection, rescue of abandoned runs, drain on stop, retention."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
-import pytest
 
 from manager.db.pool import DatabaseTarget, create_pool
-from manager.executor.leader import LOCK_KEY
 from manager.executor.service import LEADER, STANDBY
 from manager.store.runs import RESCUE_ERROR
 from tests.support.backend import Behaviour, RecordingBackend
+from tests.support.cluster import lock_holders
 from tests.support.executor import (
     ExecutorHarness,
     add_trigger,
@@ -25,25 +23,6 @@ from tests.support.executor import (
     runs_of,
 )
 from tests.support.proxy import BLACKHOLE, RESET, ControlledProxy
-
-# Who holds the executor lock right now, from the server's point of view.
-LOCK_HOLDERS = """
-SELECT pid FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 1
-  AND classid = $1 AND objid = $2
-"""
-
-
-async def lock_holders(pool: asyncpg.Pool) -> list[int]:
-    rows = await pool.fetch(LOCK_HOLDERS, LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF)
-    return [row["pid"] for row in rows]
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[RecordingBackend]:
-    server = await RecordingBackend().start()
-    yield server
-    await server.stop()
 
 
 async def test_one_leader_and_hand_over_on_stop(

@@ -4,10 +4,8 @@ and an exposition that promtool accepts."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 
-import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -25,6 +23,7 @@ from tests.support.executor import (
     eventually,
     executor_settings,
 )
+from tests.support.metrics import samples, scrape
 from tests.support.ports import free_port
 
 CONTRACT = (
@@ -35,18 +34,6 @@ CONTRACT = (
     "pfy_executor_active_triggers",
     "pfy_executor_backend_dispatch_total",
 )
-
-SAMPLE = re.compile(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$")
-
-
-def samples(text: str) -> dict[tuple[str, str], float]:
-    """(name, labels) -> value for every sample line."""
-    found = {}
-    for line in text.splitlines():
-        match = SAMPLE.match(line)
-        if match:
-            found[(match.group(1), match.group(2) or "")] = float(match.group(3))
-    return found
 
 
 @pytest.fixture
@@ -66,16 +53,6 @@ async def serve_metrics(
     await web.TCPSite(runner, "127.0.0.1", port).start()
     runners.append(runner)
     return port
-
-
-async def scrape(port: int) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        return await response.text()
 
 
 async def test_metrics_show_what_the_executor_did(

@@ -56,6 +56,9 @@ class RecordingBackend:
         self._arrived = asyncio.Condition()
         self._release = asyncio.Event()
         self._flap_count = 0
+        # Requests being answered right now, and the most there ever were.
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._runner: web.AppRunner | None = None
 
     @property
@@ -91,10 +94,15 @@ class RecordingBackend:
             self._arrived.notify_all()
 
         behaviour = self.behaviour
-        if behaviour.hang:
-            await self._release.wait()
-        if behaviour.delay:
-            await asyncio.sleep(behaviour.delay)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if behaviour.hang:
+                await self._release.wait()
+            if behaviour.delay:
+                await asyncio.sleep(behaviour.delay)
+        finally:
+            self.in_flight -= 1
         status = behaviour.status
         if behaviour.flap:
             self._flap_count += 1

@@ -76,8 +76,11 @@ class ManagerProcess:
         assert self.process is not None and self.process.stderr is not None
         self.stderr = (await self.process.stderr.read()).decode()
 
-    def find(self, message: str, **fields: Any) -> dict[str, Any] | None:
-        for line in self.lines:
+    def find(
+        self, message: str, start: int = 0, **fields: Any
+    ) -> dict[str, Any] | None:
+        """The first log line from index `start` with this message and fields."""
+        for line in self.lines[start:]:
             if line.get("msg") == message and all(
                 line.get(key) == value for key, value in fields.items()
             ):
@@ -85,18 +88,19 @@ class ManagerProcess:
         return None
 
     async def wait_for_log(
-        self, message: str, timeout: float = 30.0, **fields: Any
+        self, message: str, timeout: float = 30.0, start: int = 0, **fields: Any
     ) -> dict[str, Any]:
-        """The first log line with this message (and fields), waiting for it."""
+        """The first log line with this message (and fields), waiting for it;
+        lines before index `start` are not looked at."""
 
         def found_or_exited() -> bool:
             exited = self._reader is not None and self._reader.done()
-            return self.find(message, **fields) is not None or exited
+            return self.find(message, start, **fields) is not None or exited
 
         async with asyncio.timeout(timeout):
             async with self._changed:
                 await self._changed.wait_for(found_or_exited)
-        line = self.find(message, **fields)
+        line = self.find(message, start, **fields)
         if line is None:
             raise AssertionError(
                 f"manager exited before logging {message!r}: "
