@@ -179,7 +179,9 @@ class QueryView(GraphQLView):
             headers=headers,
         )
 
-    def is_websocket_request(self, request: web.Request) -> bool:  # type: ignore[override]
+    def is_websocket_request(  # type: ignore[override]
+        self, request: web.Request
+    ) -> bool:
         # No subscriptions: skip building a WebSocketResponse per request.
         return False
 
@@ -234,7 +236,8 @@ class QueryView(GraphQLView):
             and "multipart" not in headers.get("Accept", "")
         )
         if not plain:
-            return await super().parse_http_body(request, context)  # type: ignore[arg-type]
+            parse = super().parse_http_body
+            return await parse(request, context)  # type: ignore[arg-type]
         data = self.parse_json(await request.get_body())
         if not isinstance(data, dict):
             raise HTTPException(400, "the request body must be a JSON object")

@@ -12,6 +12,7 @@ import random
 import signal
 import time
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import pytest
@@ -168,9 +169,9 @@ async def test_kill_9_of_the_leader_hands_over_without_loss_or_duplicate(
     assert not overlaps
 
 
-async def _first_of(waiters: list[object]) -> dict[str, object]:
+async def _first_of(waiters: list[Any]) -> dict[str, object]:
     """The result of whichever awaitable finishes first; the others stop."""
-    tasks = [asyncio.ensure_future(waiter) for waiter in waiters]  # type: ignore[arg-type]
+    tasks = [asyncio.ensure_future(waiter) for waiter in waiters]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         return next(iter(done)).result()

@@ -120,7 +120,10 @@ async def test_metadata_backend_url_is_refused(api: ApiClient) -> None:
 
 async def test_page_size_limit(api: ApiClient) -> None:
     ids = await create_tree(api)
-    query = "query ($id: ID!, $first: Int) { triggerRuns(triggerId: $id, first: $first) { totalCount } }"  # noqa: E501
+    query = (
+        "query ($id: ID!, $first: Int) "
+        "{ triggerRuns(triggerId: $id, first: $first) { totalCount } }"
+    )
     error = await api.error(query, {"id": ids["trigger"], "first": 501})
     assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": "first"}
     assert error["message"] == "first: must be from 0 to 500"

@@ -207,7 +207,8 @@ async def test_hostile_urls_are_refused_again_when_the_executor_connects(
     async with running_executor(executor_settings(), database, pool) as harness:
         session = harness.executor.dispatcher.session
         assert session is not None
-        tripwire = Tripwire(session.connector._wrap_create_connection)  # type: ignore[union-attr]
+        connector: Any = session.connector
+        tripwire = Tripwire(connector._wrap_create_connection)
         monkeypatch.setattr(session.connector, "_wrap_create_connection", tripwire)
         await pool.execute(
             "UPDATE triggers SET next_run_at = now() WHERE id = ANY($1)",

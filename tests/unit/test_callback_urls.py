@@ -6,6 +6,7 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -386,7 +387,8 @@ async def test_resolver_drops_only_refused_addresses_and_says_so(
     assert [record.getMessage() for record in caplog.records] == [
         "callback address refused"
     ]
-    assert caplog.records[0].addresses == ["169.254.169.254"]  # type: ignore[attr-defined]
+    record: Any = caplog.records[0]
+    assert record.addresses == ["169.254.169.254"]
 
 
 async def test_resolver_passes_inner_errors_through_and_closes_inner() -> None:
