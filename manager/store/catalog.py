@@ -17,6 +17,7 @@ from manager.store.common import (
     Queryable,
     clean_name,
     delete_row,
+    fetch_row,
     parent_exists,
     parse_id,
     unique_name,
@@ -92,13 +93,7 @@ async def create_project(db: Queryable, name: str) -> Project:
 
 
 async def get_project(db: Queryable, project_id: Any) -> Project:
-    row = await db.fetchrow(
-        f"SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1",
-        parse_id(project_id),
-    )
-    if row is None:
-        raise NotFoundError(f"project {project_id} does not exist")
-    return _project(row)
+    return _project(await fetch_row(db, "project", PROJECT_COLUMNS, project_id))
 
 
 async def list_projects(
@@ -156,12 +151,7 @@ async def create_tenant(db: Queryable, project_id: Any, name: str) -> Tenant:
 
 
 async def get_tenant(db: Queryable, tenant_id: Any) -> Tenant:
-    row = await db.fetchrow(
-        f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1", parse_id(tenant_id)
-    )
-    if row is None:
-        raise NotFoundError(f"tenant {tenant_id} does not exist")
-    return _tenant(row)
+    return _tenant(await fetch_row(db, "tenant", TENANT_COLUMNS, tenant_id))
 
 
 async def list_tenants(
@@ -253,13 +243,9 @@ async def create_application(
 
 
 async def get_application(db: Queryable, application_id: Any) -> Application:
-    row = await db.fetchrow(
-        f"SELECT {APPLICATION_COLUMNS} FROM applications WHERE id = $1",
-        parse_id(application_id),
+    return _application(
+        await fetch_row(db, "application", APPLICATION_COLUMNS, application_id)
     )
-    if row is None:
-        raise NotFoundError(f"application {application_id} does not exist")
-    return _application(row)
 
 
 async def list_applications(

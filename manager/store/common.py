@@ -40,19 +40,32 @@ def clean_name(value: Any, field: str = "name") -> str:
     return name
 
 
-# The tables whose rows delete_row may remove, by the kind named in errors.
-_DELETABLE = {
+# The tables fetch_row and delete_row work on, by the kind named in errors.
+_TABLES = {
     "project": "projects",
     "tenant": "tenants",
     "application": "applications",
     "trigger": "triggers",
+    "run": "trigger_runs",
 }
+
+
+async def fetch_row(
+    db: Queryable, kind: str, columns: str, object_id: Any
+) -> asyncpg.Record:
+    """One row of `kind` by id; NotFoundError when there is no such row."""
+    row = await db.fetchrow(
+        f"SELECT {columns} FROM {_TABLES[kind]} WHERE id = $1", parse_id(object_id)
+    )
+    if row is None:
+        raise NotFoundError(f"{kind} {object_id} does not exist")
+    return row
 
 
 async def delete_row(db: Queryable, kind: str, object_id: Any) -> uuid.UUID:
     """Delete one project, tenant, application or trigger (and, by cascade,
     everything below it); NotFoundError when there is no such row."""
-    table = _DELETABLE[kind]
+    table = _TABLES[kind]
     identifier = parse_id(object_id)
     deleted = await db.fetchval(
         f"DELETE FROM {table} WHERE id = $1 RETURNING id", identifier

@@ -25,6 +25,7 @@ from manager.store.common import (
     Queryable,
     clean_name,
     delete_row,
+    fetch_row,
     parent_exists,
     parse_id,
     transaction,
@@ -287,12 +288,7 @@ async def create_trigger(
 
 
 async def get_trigger(db: Queryable, trigger_id: Any) -> Trigger:
-    row = await db.fetchrow(
-        f"SELECT {TRIGGER_COLUMNS} FROM triggers WHERE id = $1", parse_id(trigger_id)
-    )
-    if row is None:
-        raise NotFoundError(f"trigger {trigger_id} does not exist")
-    return trigger_from_row(row)
+    return trigger_from_row(await fetch_row(db, "trigger", TRIGGER_COLUMNS, trigger_id))
 
 
 async def list_triggers(
@@ -382,12 +378,7 @@ async def request_run(db: Queryable, trigger_id: Any) -> TriggerRun:
 
 
 async def get_run(db: Queryable, run_id: Any) -> TriggerRun:
-    row = await db.fetchrow(
-        f"SELECT {RUN_COLUMNS} FROM trigger_runs WHERE id = $1", parse_id(run_id)
-    )
-    if row is None:
-        raise NotFoundError(f"run {run_id} does not exist")
-    return run_from_row(row)
+    return run_from_row(await fetch_row(db, "run", RUN_COLUMNS, run_id))
 
 
 def encode_cursor(run: TriggerRun) -> str:
