@@ -27,6 +27,7 @@ from manager.errors import DatabaseError, ManagerError
 from manager.executor.http import build_metrics_app
 from manager.executor.service import Executor
 from manager.notify import SystemdNotifier
+from manager.store.runs import EXECUTOR_SESSION
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +85,25 @@ class Daemon:
         target = await self.open_database(self.settings.db.migrate_on_start)
         db = self.settings.db
         size = db.pool_max_size
-        if self.settings.run_mode == "executor":
+        only_executor = self.settings.run_mode == "executor"
+        if only_executor:
             # The claim loops keep their connections: leave room for
             # housekeeping and /health whatever the configured size.
             size = max(size, EXECUTOR_POOL_SIZE)
-        pool = await create_pool(target, min(db.pool_min_size, size), size)
+        pool = await create_pool(
+            target,
+            min(db.pool_min_size, size),
+            size,
+            session=EXECUTOR_SESSION if only_executor else None,
+        )
         self.database = Database(target, pool)
         executor_database = self.database
         if self.settings.runs_api and self.settings.runs_executor:
             # Slow API queries could otherwise hold every pooled connection
             # and stall claiming, though the lock itself stays probed.
-            executor_pool = await create_pool(target, 1, EXECUTOR_POOL_SIZE)
+            executor_pool = await create_pool(
+                target, 1, EXECUTOR_POOL_SIZE, session=EXECUTOR_SESSION
+            )
             executor_database = Database(target, executor_pool)
             self.executor_pool = executor_pool
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,15 +104,23 @@ async def connect(target: DatabaseTarget) -> asyncpg.Connection:
 
 
 async def create_pool(
-    target: DatabaseTarget, min_size: int = 2, max_size: int = 10
+    target: DatabaseTarget,
+    min_size: int = 2,
+    max_size: int = 10,
+    session: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
-    """A pool whose connections all have the json codecs and a command timeout."""
+    """A pool whose connections all have the json codecs and a command timeout.
+
+    `session` holds run-time parameters every connection of this pool sets
+    for its whole life (with SET, not as startup parameters, which PgBouncer
+    refuses).
+    """
     try:
         pool = await asyncpg.create_pool(
             **target.connect_arguments(),
             min_size=min_size,
             max_size=max_size,
-            init=_setup_connection,
+            init=functools.partial(_setup_pooled, session=dict(session or {})),
             reset=_release_connection,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
@@ -121,6 +131,14 @@ async def create_pool(
     return pool
 
 
+async def _setup_pooled(
+    connection: asyncpg.Connection, session: dict[str, str]
+) -> None:
+    await _setup_connection(connection)
+    for name, value in session.items():
+        await connection.execute("SELECT set_config($1, $2, false)", name, value)
+
+
 async def _release_connection(connection: asyncpg.Connection) -> None:
     """Return a connection to the pool without asyncpg's reset statement.
 
@@ -128,7 +146,9 @@ async def _release_connection(connection: asyncpg.Connection) -> None:
     drops listeners. Its default reset would add a round trip to every pooled
     statement to undo session state (advisory locks, LISTEN, cursors, SET)
     that nothing in the package leaves on a pooled connection: leadership
-    and LISTEN live on dedicated connections, and SET is only ever LOCAL.
+    and LISTEN live on dedicated connections, and a session-wide SET comes
+    only from the pool's own `session` parameters, the same on every
+    connection.
     """
 
 

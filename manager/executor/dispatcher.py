@@ -5,6 +5,13 @@ flight overall, and at most `cron.app_concurrency` per application, so one
 slow backend holds only its own slots and never starves the others. Both
 counts live here, in memory: they describe this process's callbacks.
 
+A claim is a database round trip, and callbacks finish while it is under
+way. So the dispatcher claims ahead: besides the runs in flight it keeps up
+to half as many again claimed and ready, and a finished callback's slot goes
+to the next ready run at once. Ready runs count against their application's
+limit like runs in flight, and one that waited too long for a slot is handed
+back unsent, before its lease could run out under it.
+
 Outcomes go to the OutcomeWriter, which records them in batches; a run stays
 `running` in the database until then, so it cannot be claimed twice.
 """
@@ -12,6 +19,7 @@ Outcomes go to the OutcomeWriter, which records them in batches; a run stays
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import functools
@@ -63,6 +71,12 @@ CLAIM_ERROR_PAUSE = 1.0
 
 # The error kept with a run whose claimed attempt was handed back unsent.
 WITHHELD = "not sent: the executor could not prove it still leads"
+WAITED_TOO_LONG = "not sent: no callback slot came free in time"
+TERM_ENDED = "not sent: the executor stopped leading"
+
+# Claimed runs kept ready beyond the slots in flight, as a share of
+# cron.max_concurrency; the claim loop tops them up when half are gone.
+READY_SHARE = 1.0
 
 _DATABASE_ERRORS = (
     asyncpg.PostgresError,
@@ -96,10 +110,18 @@ class Dispatcher:
         self.leading = leading
         self.wake = asyncio.Event()
         self.session: aiohttp.ClientSession | None = None
-        # Callbacks in flight: run id -> (attempt, task), and per application.
+        # Callbacks in flight: run id -> (attempt, task).
         self.callbacks: dict[uuid.UUID, tuple[int, asyncio.Task[None]]] = {}
+        # Claimed runs waiting for a slot, with the monotonic time of their
+        # claim, oldest first.
+        self.ready: collections.deque[tuple[ClaimedRun, float]] = collections.deque()
+        self.ready_limit = max(1, int(self.cron.max_concurrency * READY_SHARE))
+        # A ready run older than this goes back unsent: its lease, counted
+        # from the claim, must still cover a whole callback after it starts.
+        self.ready_age_limit = self.cron.rescue_grace / 2
+        # Claimed runs (in flight or ready) per application.
         self.running: dict[uuid.UUID, int] = {}
-        self._slot_freed = asyncio.Event()
+        self._room_freed = asyncio.Event()
 
     async def open(self) -> None:
         """Create the one HTTP session every callback shares."""
@@ -125,9 +147,16 @@ class Dispatcher:
     def free_slots(self) -> int:
         return self.cron.max_concurrency - len(self.callbacks)
 
+    @property
+    def claim_room(self) -> int:
+        """How many more runs a claim may take: free slots plus ready room."""
+        return self.free_slots + self.ready_limit - len(self.ready)
+
     def in_flight(self) -> dict[uuid.UUID, int]:
-        """Run id -> attempt of every callback in flight."""
-        return {run_id: attempt for run_id, (attempt, _) in self.callbacks.items()}
+        """Run id -> attempt of every run this process holds claimed."""
+        held = {run_id: attempt for run_id, (attempt, _) in self.callbacks.items()}
+        held.update((run.id, run.attempt) for run, _ in self.ready)
+        return held
 
     async def run(self, fence: Fence) -> None:
         """Claim and dispatch until cancelled (leadership ends).
@@ -136,24 +165,39 @@ class Dispatcher:
         connection given back to the pool is reset with an extra round trip,
         which at hundreds of claims a second is worth saving.
         """
-        while True:
-            try:
-                async with self.pool.acquire() as connection:
-                    await self._claim_loop(connection, fence)
-            except _DATABASE_ERRORS as error:
-                log.warning("run claim failed", extra={"error": str(error)})
-                await wait_for_event(self.wake, CLAIM_ERROR_PAUSE)
+        try:
+            while True:
+                try:
+                    async with self.pool.acquire() as connection:
+                        await self._claim_loop(connection, fence)
+                except _DATABASE_ERRORS as error:
+                    log.warning("run claim failed", extra={"error": str(error)})
+                    await wait_for_event(self.wake, CLAIM_ERROR_PAUSE)
+        finally:
+            self._return_ready()
+
+    def _return_ready(self) -> None:
+        """The term is over: ready runs go back to the queue unsent."""
+        if not self.ready:
+            return
+        count = len(self.ready)
+        while self.ready:
+            run, _ = self.ready.popleft()
+            self.record(_unsent(run, TERM_ENDED), run.application_id)
+            self._release(run)
+        log.info("ready runs handed back", extra={"count": count})
 
     async def _claim_loop(self, connection: asyncpg.Connection, fence: Fence) -> None:
         while True:
             self.wake.clear()
-            self._slot_freed.clear()
+            self._room_freed.clear()
             state = await self.claim_once(fence, connection)
             if state == "more":
                 continue
             if state == "full":
-                # Every slot is taken: the next finished callback frees one.
-                await wait_for_any((self._slot_freed, self.wake), self.cron.max_sleep)
+                # Slots and ready runs are all taken: finished callbacks
+                # signal when the ready runs are half gone.
+                await wait_for_any((self._room_freed, self.wake), self.cron.max_sleep)
                 continue
             delay = await self._idle_delay(connection)
             await wait_for_event(self.wake, delay)
@@ -161,8 +205,8 @@ class Dispatcher:
     async def claim_once(
         self, fence: Fence, connection: asyncpg.Connection | None = None
     ) -> str:
-        """One claim; "full" (no slot left), "more" (claim again) or "idle"."""
-        free = self.free_slots
+        """One claim; "full" (no room left), "more" (claim again) or "idle"."""
+        free = self.claim_room
         if free <= 0:
             return "full"
         limit = self.cron.app_concurrency
@@ -187,12 +231,10 @@ class Dispatcher:
             # drains or requeues, instead of waiting for their lease to end.
             with contextlib.suppress(*_DATABASE_ERRORS):
                 runs, _ = await claim
-                for run in runs:
-                    self._start(run)
+                self._hold(runs)
             raise
         self.metrics.observe_claim("runs", time.perf_counter() - started)
-        for run in runs:
-            self._start(run)
+        self._hold(runs)
         # Set per claim, not per callback: the gauge is read every few
         # seconds, the callbacks come by the thousand.
         self.metrics.set_inflight(len(self.callbacks))
@@ -210,33 +252,63 @@ class Dispatcher:
             return self.cron.max_sleep
         return min(max(seconds, 0.001), self.cron.max_sleep)
 
+    def _hold(self, runs: list[ClaimedRun]) -> None:
+        """Take claimed runs on: ready first, then into free slots."""
+        claimed_at = time.monotonic()
+        for run in runs:
+            self.running[run.application_id] = (
+                self.running.get(run.application_id, 0) + 1
+            )
+            self.ready.append((run, claimed_at))
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start ready runs while slots are free."""
+        while self.ready and len(self.callbacks) < self.cron.max_concurrency:
+            run, claimed_at = self.ready.popleft()
+            waited = time.monotonic() - claimed_at
+            if waited > self.ready_age_limit:
+                self._hand_back(run, WAITED_TOO_LONG)
+                self._release(run)
+                continue
+            self._start(run)
+            self._count_start(run, waited)
+
     def _start(self, run: ClaimedRun) -> None:
-        self.running[run.application_id] = self.running.get(run.application_id, 0) + 1
         task = asyncio.create_task(self._deliver(run), name=f"callback {run.id}")
         self.callbacks[run.id] = (run.attempt, task)
-        if run.attempt == 1:
-            if run.manual:
-                # Scheduled runs are counted when the scheduler inserts them;
-                # runs requested through the API are counted here, once.
-                self.metrics.count_enqueued(run.application_id)
-            else:
-                lag = (run.started_at - run.scheduled_at).total_seconds()
-                self.metrics.observe_lag(lag)
+
+    def _count_start(self, run: ClaimedRun, waited: float) -> None:
+        if run.attempt != 1:
+            return
+        if run.manual:
+            # Scheduled runs are counted when the scheduler inserts them;
+            # runs requested through the API are counted here, once.
+            self.metrics.count_enqueued(run.application_id)
+        else:
+            # The claim's database time plus the wait for a slot.
+            lag = (run.started_at - run.scheduled_at).total_seconds()
+            self.metrics.observe_lag(lag + waited)
 
     def _finish(self, run: ClaimedRun) -> None:
         self.callbacks.pop(run.id, None)
+        self._release(run)
+        self._fill()
+        if len(self.ready) <= self.ready_limit // 2:
+            self._room_freed.set()
+
+    def _release(self, run: ClaimedRun) -> None:
         remaining = self.running.get(run.application_id, 1) - 1
         if remaining > 0:
             self.running[run.application_id] = remaining
         else:
             self.running.pop(run.application_id, None)
-        self._slot_freed.set()
 
     async def _deliver(self, run: ClaimedRun) -> None:
         started = time.perf_counter()
         try:
             if not self.leading():
-                self._withhold(run)
+                self._hand_back(run, WITHHELD)
                 return
             try:
                 http_status, error, retry_after = await self._post(run)
@@ -264,19 +336,9 @@ class Dispatcher:
         finally:
             self._finish(run)
 
-    def _withhold(self, run: ClaimedRun) -> None:
-        """Hand a claimed attempt back unsent; a leader delivers it later."""
-        outcome = Outcome(
-            run_id=run.id,
-            attempt=run.attempt,
-            status=QUEUED,
-            retry_delay=0.0,
-            http_status=None,
-            error=WITHHELD,
-            duration_ms=0.0,
-            sent=False,
-        )
-        self.record(outcome, run.application_id)
+    def _hand_back(self, run: ClaimedRun, reason: str) -> None:
+        """Give a claimed attempt back unsent; a leader delivers it later."""
+        self.record(_unsent(run, reason), run.application_id)
         log.warning(
             "callback withheld",
             extra={
@@ -284,6 +346,7 @@ class Dispatcher:
                 "trigger": str(run.trigger_id),
                 "run": str(run.id),
                 "attempt": run.attempt,
+                "reason": reason,
             },
         )
 
@@ -331,8 +394,13 @@ class Dispatcher:
     async def drain(self, timeout: float) -> dict[uuid.UUID, int]:
         """Let callbacks finish for up to `timeout` seconds; cancel the rest.
 
-        Returns run id -> attempt of the callbacks that did not finish.
+        Returns run id -> attempt of the runs that did not finish, ready
+        runs that never started among them.
         """
+        unstarted = {run.id: run.attempt for run, _ in self.ready}
+        for run, _ in self.ready:
+            self._release(run)
+        self.ready.clear()
         tasks = [task for _, task in self.callbacks.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
@@ -343,7 +411,21 @@ class Dispatcher:
         if remaining:
             await asyncio.gather(*remaining, return_exceptions=True)
         self.metrics.set_inflight(len(self.callbacks))
-        return unfinished
+        return {**unfinished, **unstarted}
+
+
+def _unsent(run: ClaimedRun, reason: str) -> Outcome:
+    """The outcome of an attempt handed back without being sent."""
+    return Outcome(
+        run_id=run.id,
+        attempt=run.attempt,
+        status=QUEUED,
+        retry_delay=0.0,
+        http_status=None,
+        error=reason,
+        duration_ms=0.0,
+        sent=False,
+    )
 
 
 @functools.lru_cache(maxsize=4096)

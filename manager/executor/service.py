@@ -235,7 +235,7 @@ class Executor:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     async def _rescue(self, fence: Fence) -> None:
-        own = [*self.dispatcher.callbacks, *self.writer.pending_runs()]
+        own = [*self.dispatcher.in_flight(), *self.writer.pending_runs()]
         rescued = await rescue_expired(self.database.pool, fence, own)
         if not rescued:
             return

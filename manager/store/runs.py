@@ -32,6 +32,15 @@ SKIPPED = "skipped"
 # Kept with a rescued run so its history says why it was delivered again.
 RESCUE_ERROR = "lease expired: the executor stopped during the callback"
 
+# Session parameters of the executor's pool. The queue of runs grows and
+# drains faster than autovacuum refreshes its statistics; believing a few
+# hundred runs are queued when there are tens of thousands, the planner
+# gathers every queued run in a bitmap and sorts them all to claim a hundred,
+# where the ordered scan of trigger_runs_queued_idx stops after the first
+# hundred. Without bitmap scans the claims keep the ordered index scans
+# whatever the statistics say; no executor statement is better off with one.
+EXECUTOR_SESSION = {"enable_bitmapscan": "off"}
+
 # Deleting finished runs in small statements keeps row locks and WAL bursts
 # short while the executor keeps working.
 RETENTION_BATCH = 1000
