@@ -5,6 +5,8 @@ flight overall, and at most `cron.app_concurrency` per application, so one
 slow backend holds only its own slots and never starves the others. Both
 counts live here, in memory: they describe this process's callbacks.
 
+The scheduler hands over runs it inserted as running, within the room the
+dispatcher reserves for it. Runs that wait in the queue are claimed here.
 A claim is a database round trip, and callbacks finish while it is under
 way. So the dispatcher claims ahead: besides the runs in flight it keeps up
 to half as many again claimed and ready, and a finished callback's slot goes
@@ -119,8 +121,10 @@ class Dispatcher:
         # A ready run older than this goes back unsent: its lease, counted
         # from the claim, must still cover a whole callback after it starts.
         self.ready_age_limit = self.cron.rescue_grace / 2
-        # Claimed runs (in flight or ready) per application.
+        # Claimed runs (in flight or ready) per application, with the room
+        # reserved for runs the scheduler is inserting as running.
         self.running: dict[uuid.UUID, int] = {}
+        self.reserved = 0
         self._room_freed = asyncio.Event()
 
     async def open(self) -> None:
@@ -150,7 +154,34 @@ class Dispatcher:
     @property
     def claim_room(self) -> int:
         """How many more runs a claim may take: free slots plus ready room."""
-        return self.free_slots + self.ready_limit - len(self.ready)
+        return self.free_slots + self.ready_limit - len(self.ready) - self.reserved
+
+    def reserve(self, application_id: uuid.UUID) -> bool:
+        """Hold room for one run the scheduler is about to insert as running."""
+        if self.claim_room <= 0:
+            return False
+        count = self.running.get(application_id, 0)
+        if count >= self.cron.app_concurrency:
+            return False
+        self.running[application_id] = count + 1
+        self.reserved += 1
+        return True
+
+    def take(self, runs: list[ClaimedRun], reserved: dict[uuid.UUID, int]) -> None:
+        """Runs the scheduler inserted as running; unused room is freed."""
+        unused = dict(reserved)
+        for run in runs:
+            unused[run.application_id] -= 1
+        self.release(unused)
+        self.reserved -= len(runs)
+        self._hold(runs, counted=True)
+
+    def release(self, reserved: dict[uuid.UUID, int]) -> None:
+        """Free room reserved for runs that were not inserted."""
+        for application_id, count in reserved.items():
+            for _ in range(count):
+                self._release_application(application_id)
+            self.reserved -= count
 
     def in_flight(self) -> dict[uuid.UUID, int]:
         """Run id -> attempt of every run this process holds claimed."""
@@ -252,13 +283,15 @@ class Dispatcher:
             return self.cron.max_sleep
         return min(max(seconds, 0.001), self.cron.max_sleep)
 
-    def _hold(self, runs: list[ClaimedRun]) -> None:
-        """Take claimed runs on: ready first, then into free slots."""
+    def _hold(self, runs: list[ClaimedRun], counted: bool = False) -> None:
+        """Take claimed runs on: ready first, then into free slots. `counted`
+        runs are already counted against their application (reserved)."""
         claimed_at = time.monotonic()
         for run in runs:
-            self.running[run.application_id] = (
-                self.running.get(run.application_id, 0) + 1
-            )
+            if not counted:
+                self.running[run.application_id] = (
+                    self.running.get(run.application_id, 0) + 1
+                )
             self.ready.append((run, claimed_at))
         self._fill()
 
@@ -298,11 +331,14 @@ class Dispatcher:
             self._room_freed.set()
 
     def _release(self, run: ClaimedRun) -> None:
-        remaining = self.running.get(run.application_id, 1) - 1
+        self._release_application(run.application_id)
+
+    def _release_application(self, application_id: uuid.UUID) -> None:
+        remaining = self.running.get(application_id, 1) - 1
         if remaining > 0:
-            self.running[run.application_id] = remaining
+            self.running[application_id] = remaining
         else:
-            self.running.pop(run.application_id, None)
+            self.running.pop(application_id, None)
 
     async def _deliver(self, run: ClaimedRun) -> None:
         started = time.perf_counter()

@@ -82,7 +82,11 @@ class Executor:
             settings, database.pool, self.metrics, self.writer.add, self.lock.is_fresh
         )
         self.scheduler = Scheduler(
-            settings.cron, database.pool, self.metrics, self.dispatcher.wake.set
+            settings.cron,
+            database.pool,
+            self.metrics,
+            self.dispatcher.wake.set,
+            taker=self.dispatcher,
         )
         self._leading = False
         self._stopping = asyncio.Event()

@@ -82,6 +82,7 @@ class DueTrigger:
     timezone: str
     misfire_policy: str
     next_run_at: datetime
+    timeout_seconds: float
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Outcome:
 # keeps the cost proportional to the number of due triggers.
 CLAIM_DUE_TRIGGERS = f"""
 SELECT id, application_id, schedule, timezone, misfire_policy, next_run_at,
-       coalesce($4::timestamptz, now()) AS now
+       timeout_seconds, coalesce($4::timestamptz, now()) AS now
 FROM triggers
 WHERE enabled AND next_run_at <= coalesce($4::timestamptz, now())
   AND {FENCE}
@@ -139,23 +140,42 @@ LIMIT $5
 FOR UPDATE SKIP LOCKED
 """
 
-# Record schedule slots as runs, queued or skipped; a slot that already has a
-# run (an earlier leader got there) is left alone. Returns how many runs each
-# application got queued, for the enqueued counter.
+# Record schedule slots as runs: queued, skipped, or running when the
+# dispatcher has room for them right away (the scheduler's claim is fenced,
+# so these need no claim of their own). A slot that already has a run (an
+# earlier leader got there) is left alone. Returns every inserted run; a
+# running one comes with what its callback needs, in ClaimedRun's order.
+# $5 is each running run's lease in seconds (its timeout plus the grace).
 INSERT_SLOTS = """
 WITH inserted AS (
     INSERT INTO trigger_runs
-        (trigger_id, application_id, scheduled_at, status, finished_at)
+        (trigger_id, application_id, scheduled_at, status, attempt,
+         started_at, lease_expires_at, finished_at)
     SELECT slot.trigger_id, slot.application_id, slot.scheduled_at,
-           slot.status, CASE WHEN slot.status = 'skipped' THEN now() END
-    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[])
-         AS slot (trigger_id, application_id, scheduled_at, status)
+           slot.status,
+           CASE WHEN slot.status = 'running' THEN 1 ELSE 0 END,
+           CASE WHEN slot.status = 'running' THEN clock_timestamp() END,
+           CASE WHEN slot.status = 'running'
+                THEN clock_timestamp() + make_interval(secs => slot.lease) END,
+           CASE WHEN slot.status = 'skipped' THEN now() END
+    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::text[],
+                $5::float8[])
+         AS slot (trigger_id, application_id, scheduled_at, status, lease)
     ON CONFLICT (trigger_id, scheduled_at) WHERE NOT manual DO NOTHING
-    RETURNING application_id, status
+    RETURNING id, attempt, scheduled_at, started_at, manual, trigger_id,
+              application_id, status
 )
-SELECT application_id, count(*) AS queued
-FROM inserted WHERE status = 'queued'
-GROUP BY application_id
+SELECT inserted.id, inserted.attempt, inserted.scheduled_at,
+       inserted.started_at, inserted.manual, inserted.trigger_id,
+       trigger.name AS trigger_name, trigger.path,
+       trigger.payload::text AS payload, trigger.timeout_seconds,
+       trigger.max_retries, inserted.application_id, application.backend_url,
+       application.signing_secret, inserted.status
+FROM inserted
+LEFT JOIN triggers AS trigger
+    ON inserted.status = 'running' AND trigger.id = inserted.trigger_id
+LEFT JOIN applications AS application
+    ON inserted.status = 'running' AND application.id = inserted.application_id
 """
 
 # Move claimed triggers on to their next slot; NULL stops a trigger whose
@@ -194,10 +214,20 @@ async def claim_due_triggers(
             timezone=row["timezone"],
             misfire_policy=row["misfire_policy"],
             next_run_at=row["next_run_at"],
+            timeout_seconds=row["timeout_seconds"],
         )
         for row in rows
     ]
     return triggers, (rows[0]["now"] if rows else None)
+
+
+@dataclass
+class InsertedSlots:
+    """What an insert of slots did: runs enqueued per application (queued or
+    handed to the dispatcher) and the runs inserted as running."""
+
+    enqueued: dict[uuid.UUID, int]
+    running: list[ClaimedRun]
 
 
 async def insert_slots(
@@ -206,14 +236,29 @@ async def insert_slots(
     application_ids: Sequence[uuid.UUID],
     scheduled: Sequence[datetime],
     statuses: Sequence[str],
-) -> dict[uuid.UUID, int]:
-    """Insert runs for slots; returns application id -> runs newly queued."""
+    leases: Sequence[float | None] | None = None,
+) -> InsertedSlots:
+    """Insert runs for slots; `leases` gives each running one its lease."""
+    inserted = InsertedSlots(enqueued={}, running=[])
     if not trigger_ids:
-        return {}
+        return inserted
     rows = await connection.fetch(
-        INSERT_SLOTS, trigger_ids, application_ids, scheduled, statuses
+        INSERT_SLOTS,
+        trigger_ids,
+        application_ids,
+        scheduled,
+        statuses,
+        leases if leases is not None else [None] * len(trigger_ids),
     )
-    return {row["application_id"]: row["queued"] for row in rows}
+    for row in rows:
+        status = row["status"]
+        if status == SKIPPED:
+            continue
+        application = row["application_id"]
+        inserted.enqueued[application] = inserted.enqueued.get(application, 0) + 1
+        if status == RUNNING:
+            inserted.running.append(ClaimedRun(*tuple(row)[:-1]))
+    return inserted
 
 
 async def advance_triggers(
