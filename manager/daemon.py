@@ -117,7 +117,10 @@ class Daemon:
                 self.settings, executor_database, on_status=self._executor_status
             )
             metrics_app = build_metrics_app(
-                self.database, self.executor.registry, self.settings.run_mode
+                self.database,
+                self.executor.registry,
+                self.settings.run_mode,
+                refresh=self.executor.metrics.fold,
             )
             metrics_port = self.settings.cron.metrics_port
             self.metrics_runner = await self._listen(

@@ -541,12 +541,17 @@ async def _drain_body(response: aiohttp.ClientResponse, limit: int) -> None:
     A larger body is not read to the end: the connection is closed instead.
     """
     read = 0
-    while read <= limit:
-        chunk = await response.content.read(min(65536, limit + 1 - read) or 1)
+    content = response.content
+    # A short body has usually arrived whole with the headers: then nothing
+    # is awaited at all.
+    while not content.at_eof():
+        chunk = await content.read(min(65536, limit + 1 - read))
         if not chunk:
             return
         read += len(chunk)
-    response.close()
+        if read > limit:
+            response.close()
+            return
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:

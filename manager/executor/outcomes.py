@@ -120,4 +120,5 @@ class OutcomeWriter:
                 log.debug("stale outcome dropped", extra={"run": str(outcome.run_id)})
             elif outcome.status in (SUCCEEDED, FAILED):
                 self.metrics.count_processed(application_id)
+        self.metrics.fold()
         return True

@@ -246,6 +246,7 @@ class Executor:
         for row in rescued:
             if row["status"] == "failed":
                 self.metrics.count_processed(row["application_id"])
+        self.metrics.fold()
         log.warning(
             "runs rescued",
             extra={

@@ -249,3 +249,32 @@ async def test_metadata_address_is_refused_at_dispatch_without_retry(
     assert (run["status"], run["attempt"], run["http_status"]) == ("failed", 1, None)
     assert run["error"].startswith("address refused: ")
     assert "169.254.169.254" in run["error"]
+
+
+async def test_response_bodies_over_the_cap_still_record_their_status(
+    database: DatabaseTarget, pool: asyncpg.Pool, backend: RecordingBackend
+) -> None:
+    # 200 kB answers against a 1 kB cap: the executor stops reading at the
+    # cap and drops the connection; every run still records its 2xx.
+    backend.behaviour = Behaviour(body="x" * 200_000)
+    application = await create_application(pool, backend.url)
+    triggers = [
+        await add_trigger(pool, application, schedule="0 0 1 1 *") for _ in range(3)
+    ]
+    await pool.execute(
+        "UPDATE triggers SET next_run_at = now() WHERE id = ANY($1)",
+        [trigger.id for trigger in triggers],
+    )
+    settings = executor_settings(max_response_bytes="1024")
+
+    async def all_finished() -> list[asyncpg.Record] | None:
+        runs = [run for trigger in triggers for run in await runs_of(pool, trigger.id)]
+        done = [run for run in runs if run["status"] in ("succeeded", "failed")]
+        return done if len(done) == len(triggers) else None
+
+    async with running_executor(settings, database, pool):
+        runs = await eventually(all_finished, within=10)
+
+    assert [(run["status"], run["http_status"], run["attempt"]) for run in runs] == [
+        ("succeeded", 200, 1)
+    ] * 3

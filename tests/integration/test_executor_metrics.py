@@ -48,7 +48,11 @@ async def serve_metrics(
     executor: Executor, database: Database, runners: list[web.AppRunner]
 ) -> int:
     port = free_port()
-    runner = web.AppRunner(build_metrics_app(database, executor.registry, "executor"))
+    runner = web.AppRunner(
+        build_metrics_app(
+            database, executor.registry, "executor", refresh=executor.metrics.fold
+        )
+    )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     runners.append(runner)

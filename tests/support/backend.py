@@ -44,6 +44,7 @@ class Behaviour:
     hang: bool = False
     flap: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    body: str = "ok"
 
 
 class RecordingBackend:
@@ -107,7 +108,9 @@ class RecordingBackend:
         if behaviour.flap:
             self._flap_count += 1
             status = 500 if self._flap_count % 2 else 200
-        return web.Response(status=status, headers=behaviour.headers, text="ok")
+        return web.Response(
+            status=status, headers=behaviour.headers, text=behaviour.body
+        )
 
     async def wait_for(self, count: int, within: float = 30.0) -> list[Delivery]:
         """Wait until at least `count` deliveries arrived; return them all."""
