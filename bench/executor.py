@@ -60,6 +60,10 @@ from manager.store.runs import claim_due_triggers  # noqa: E402
 MANAGER = str(Path(sys.executable).with_name("manager"))
 BARE_CONCURRENCY = 100
 
+# Triggers due every second in the throughput phase: more than the executor
+# delivers on the development machine, so it runs saturated.
+SATURATING = 6000
+
 
 # --- the backend process
 
@@ -479,7 +483,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
         target = await fresh_database(admin, "bench_throughput")
         pool = await create_pool(target, 1, 4)
-        await add_triggers(pool, backend_url, 100, 4000, "* * * * * *")
+        await add_triggers(pool, backend_url, 100, SATURATING, "* * * * * *")
         await pool.close()
         throughput = await run_executor(
             target, seconds, backend_port, workdir / "throughput.log"
@@ -536,7 +540,7 @@ def report(results: dict[str, Any], arguments: argparse.Namespace) -> None:
     rows = [
         ("bare aiohttp POST loop (100 in flight)", f"{bare:.0f}/s", ""),
         (
-            "executor callbacks/s, saturated (4,000 triggers/s)",
+            f"executor callbacks/s, saturated ({SATURATING:,} triggers/s)",
             f"{best:.0f}/s",
             f"ratio {best / bare:.2f} (target >= 0.5)",
         ),
@@ -548,7 +552,7 @@ def report(results: dict[str, Any], arguments: argparse.Namespace) -> None:
         (
             f"lag at {arguments.triggers} fires/s: claim p50 / p99 / max",
             _triple(lag["claim_ms"]),
-            "slot to started_at (the claim)",
+            "slot to started_at (claim or hand-over)",
         ),
         (
             f"lag at {arguments.triggers} fires/s: arrival p50 / p99 / max",
