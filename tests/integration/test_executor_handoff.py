@@ -78,6 +78,26 @@ async def make_due(pool: asyncpg.Pool, *trigger_ids: uuid.UUID) -> None:
     )
 
 
+async def two_due_triggers(pool: asyncpg.Pool, url: str, **fields: Any) -> None:
+    """One due trigger in each of two applications, so that each run may be
+    claimed under an application limit of one."""
+    triggers = [
+        await add_trigger(
+            pool, await create_application(pool, url), schedule="0 0 1 1 *", **fields
+        )
+        for _ in range(2)
+    ]
+    await make_due(pool, *(trigger.id for trigger in triggers))
+
+
+async def queue_runs(settings: Settings, pool: asyncpg.Pool, fence: Fence) -> int:
+    """Schedule with no dispatcher to hand runs to: every due slot is queued."""
+    scheduler = Scheduler(
+        settings.cron, pool, ExecutorMetrics(Registry()), lambda: None
+    )
+    return await scheduler.run_once(fence)
+
+
 async def test_scheduled_run_is_inserted_running_and_delivered_without_a_claim(
     database: DatabaseTarget, pool: asyncpg.Pool, backend: RecordingBackend
 ) -> None:
@@ -191,26 +211,16 @@ async def test_ready_runs_go_back_unsent_when_the_term_ends(
 ) -> None:
     stuck = await RecordingBackend(Behaviour(hang=True)).start()
     try:
-        # Two applications: each may have its one run claimed.
-        triggers = [
-            await add_trigger(
-                pool, await create_application(pool, stuck.url), schedule="0 0 1 1 *"
-            )
-            for _ in range(2)
-        ]
-        await make_due(pool, *(trigger.id for trigger in triggers))
+        await two_due_triggers(pool, stuck.url)
         settings = executor_settings(max_concurrency=1, app_concurrency=1)
-        # The scheduler queues (no taker); the dispatcher's own claim takes
-        # both: one into the only slot, one ready behind it.
-        scheduler = Scheduler(
-            settings.cron, pool, ExecutorMetrics(Registry()), lambda: None
-        )
 
         async with (
             parts(settings, pool) as wired,
             held_lock(database, settings) as fence,
         ):
-            assert await scheduler.run_once(fence) == 2
+            # The dispatcher's own claim takes both queued runs: one into
+            # the only slot, one ready behind it.
+            assert await queue_runs(settings, pool, fence) == 2
             dispatching = asyncio.create_task(wired.dispatcher.run(fence))
             await stuck.wait_for(1, within=10)
             await eventually(_has_ready(wired.dispatcher))
@@ -219,7 +229,6 @@ async def test_ready_runs_go_back_unsent_when_the_term_ends(
             dispatching.cancel()
             await asyncio.gather(dispatching, return_exceptions=True)
             outcome = await wired.outcome_of(waiting.id)
-            stuck.release()
     finally:
         stuck.release()
         await stuck.stop()
@@ -238,35 +247,21 @@ async def test_a_run_kept_ready_too_long_goes_back_unsent(
 ) -> None:
     slow = await RecordingBackend(Behaviour(hang=True)).start()
     try:
-        # The first callback times out after 1 s; the run behind it (of
-        # another application, so both can be claimed) has waited longer
-        # than half the rescue grace (0.75 s) by then.
-        triggers = [
-            await add_trigger(
-                pool,
-                await create_application(pool, slow.url),
-                schedule="0 0 1 1 *",
-                timeout_seconds=1,
-            )
-            for _ in range(2)
-        ]
-        await make_due(pool, *(trigger.id for trigger in triggers))
+        # The first callback times out after 1 s; the run behind it has
+        # waited longer than half the rescue grace (0.75 s) by then.
+        await two_due_triggers(pool, slow.url, timeout_seconds=1)
         settings = executor_settings(max_concurrency=1, app_concurrency=1)
-        scheduler = Scheduler(
-            settings.cron, pool, ExecutorMetrics(Registry()), lambda: None
-        )
 
         async with (
             parts(settings, pool) as wired,
             held_lock(database, settings) as fence,
         ):
-            assert await scheduler.run_once(fence) == 2
+            assert await queue_runs(settings, pool, fence) == 2
             # One slot and one ready place: the claim takes both runs.
             assert await wired.dispatcher.claim_once(fence) == "full"
             assert len(wired.dispatcher.in_flight()) == 2
             (waiting,) = [run for run, _ in wired.dispatcher.ready]
             outcome = await wired.outcome_of(waiting.id)
-            slow.release()
     finally:
         slow.release()
         await slow.stop()
