@@ -9,7 +9,7 @@ The scheduler hands over runs it inserted as running, within the room the
 dispatcher reserves for it. Runs that wait in the queue are claimed here.
 A claim is a database round trip, and callbacks finish while it is under
 way. So the dispatcher claims ahead: besides the runs in flight it keeps up
-to half as many again claimed and ready, and a finished callback's slot goes
+to as many again claimed and ready, and a finished callback's slot goes
 to the next ready run at once. Ready runs count against their application's
 limit like runs in flight, and one that waited too long for a slot is handed
 back unsent, before its lease could run out under it.
