@@ -28,7 +28,7 @@ def build_metrics_app(
     database: Database,
     registry: Registry,
     mode: str,
-    refresh: Callable[[], None] = lambda: None,
+    refresh: Refresh = lambda: None,
 ) -> web.Application:
     """The application served on cron.metrics_port; `refresh` brings the
     registry up to date before each scrape."""
