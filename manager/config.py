@@ -63,6 +63,7 @@ class CronSettings:
     max_response_bytes: int
     catch_up_limit: int
     max_sleep: float
+    lookahead: float
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("cron.max_response_bytes", _integer(0, 10 * 1024 * 1024), 65536),
     Option("cron.catch_up_limit", _integer(1, 100000), 100),
     Option("cron.max_sleep", _duration(0.05, 3600), 5.0),
+    Option("cron.lookahead", _duration(0, 2), 0.5),
     Option("pocket_id.host", _http_url, None),
     Option("pocket_id.api_key", _text, "", secret=True),
     Option("pocket_id.client_id", _text, "manager"),

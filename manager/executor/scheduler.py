@@ -10,6 +10,14 @@ When the dispatcher has room, a slot's run is inserted already running and
 handed to it once the transaction commits: the scheduler's claim is fenced
 like the dispatcher's, and this saves the run a second claim (a round trip
 and an update) on the way to its callback.
+
+Triggers are claimed up to `cron.lookahead` before their slot, so that the
+scheduling transaction is over when the slot comes and the dispatcher only
+has to claim the run. A slot still ahead is planned as itself alone (it
+cannot have been missed); its run is queued, not available before its
+instant, and never handed over early: held in a process's memory until its
+instant, it would be stranded until its lease ran out if that process died,
+where a queued run is claimed by the next leader on time.
 """
 
 from __future__ import annotations
@@ -131,6 +139,8 @@ class Scheduler:
         seconds = await seconds_until_next_slot(connection)
         if seconds is None:
             return self.cron.max_sleep
+        # Slots within the look-ahead are claimed already.
+        seconds -= self.cron.lookahead
         if seconds <= 0:
             # Due but not claimed: locked by another transaction right now.
             return 0.0 if claimed else LOCKED_RETRY
@@ -145,7 +155,7 @@ class Scheduler:
         """One batch; returns how many triggers it claimed.
 
         `now` stands in for the database clock only where tests simulate
-        time; production passes nothing.
+        time (and then nothing is claimed ahead); production passes nothing.
         """
         if connection is None:
             async with self.pool.acquire() as acquired:
@@ -156,7 +166,11 @@ class Scheduler:
         try:
             async with connection.transaction():
                 triggers, clock = await claim_due_triggers(
-                    connection, fence, self.cron.batch_size, now
+                    connection,
+                    fence,
+                    self.cron.batch_size,
+                    now,
+                    self.cron.lookahead if now is None else 0.0,
                 )
                 if not triggers or clock is None:
                     return 0
@@ -196,12 +210,13 @@ class Scheduler:
                 trigger.next_run_at,
             )
             if key not in plans:
-                plans[key] = self._plan_one(trigger, now)
+                # A slot claimed ahead is planned as of its own instant.
+                plans[key] = self._plan_one(trigger, max(now, trigger.next_run_at))
             plan = plans[key]
             if plan is None:
                 batch.stop(trigger.id)
                 continue
-            batch.add(trigger, plan)
+            batch.add(trigger, plan, now)
             _report_misfire(trigger, plan)
 
     def _plan_one(self, trigger: DueTrigger, now: datetime) -> SlotPlan | None:
@@ -241,12 +256,13 @@ class SlotBatch:
         self.next_runs: list[datetime | None] = []
         self.last_runs: list[datetime | None] = []
 
-    def add(self, trigger: DueTrigger, plan: SlotPlan) -> None:
+    def add(self, trigger: DueTrigger, plan: SlotPlan, now: datetime) -> None:
+        """A trigger's plan; slots due by `now` may go to the dispatcher."""
         for slot in plan.skipped:
             self._slot(trigger, slot, SKIPPED, None)
         lease = trigger.timeout_seconds + self.lease_grace
         for slot in plan.fire:
-            if self._reserve(trigger.application_id):
+            if slot <= now and self._reserve(trigger.application_id):
                 self._slot(trigger, slot, RUNNING, lease)
             else:
                 self._slot(trigger, slot, QUEUED, None)

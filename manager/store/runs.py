@@ -126,14 +126,16 @@ class Outcome:
 
 # --- scheduling
 
-# Lock due, enabled triggers, oldest slot first. $4 replaces the database
-# clock only when tests simulate time; the partial index triggers_due_idx
-# keeps the cost proportional to the number of due triggers.
+# Lock enabled triggers due now or within the next $6 seconds (the look-ahead),
+# oldest slot first. $4 replaces the database clock only when tests simulate
+# time; the partial index triggers_due_idx keeps the cost proportional to the
+# number of due triggers.
 CLAIM_DUE_TRIGGERS = f"""
 SELECT id, application_id, schedule, timezone, misfire_policy, next_run_at,
        timeout_seconds, coalesce($4::timestamptz, now()) AS now
 FROM triggers
-WHERE enabled AND next_run_at <= coalesce($4::timestamptz, now())
+WHERE enabled
+  AND next_run_at <= coalesce($4::timestamptz, now()) + make_interval(secs => $6)
   AND {FENCE}
 ORDER BY next_run_at
 LIMIT $5
@@ -146,14 +148,16 @@ FOR UPDATE SKIP LOCKED
 # earlier leader got there) is left alone. Returns every inserted run; a
 # running one comes with what its callback needs, in ClaimedRun's order.
 # $5 is each running run's lease in seconds (its timeout plus the grace).
+# A slot still ahead (the look-ahead) is not available before its instant.
 INSERT_SLOTS = """
 WITH inserted AS (
     INSERT INTO trigger_runs
         (trigger_id, application_id, scheduled_at, status, attempt,
-         started_at, lease_expires_at, finished_at)
+         available_at, started_at, lease_expires_at, finished_at)
     SELECT slot.trigger_id, slot.application_id, slot.scheduled_at,
            slot.status,
            CASE WHEN slot.status = 'running' THEN 1 ELSE 0 END,
+           greatest(slot.scheduled_at, now()),
            CASE WHEN slot.status = 'running' THEN clock_timestamp() END,
            CASE WHEN slot.status = 'running'
                 THEN clock_timestamp() + make_interval(secs => slot.lease) END,
@@ -203,9 +207,13 @@ async def claim_due_triggers(
     fence: Fence,
     limit: int,
     now: datetime | None = None,
+    lookahead: float = 0.0,
 ) -> tuple[list[DueTrigger], datetime | None]:
-    """Lock up to `limit` due triggers (inside the caller's transaction)."""
-    rows = await connection.fetch(CLAIM_DUE_TRIGGERS, *fence.arguments(), now, limit)
+    """Lock up to `limit` triggers due now or within `lookahead` seconds
+    (inside the caller's transaction)."""
+    rows = await connection.fetch(
+        CLAIM_DUE_TRIGGERS, *fence.arguments(), now, limit, lookahead
+    )
     triggers = [
         DueTrigger(
             id=row["id"],

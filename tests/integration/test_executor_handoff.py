@@ -1,6 +1,7 @@
-"""The short path from slot to callback: runs the scheduler inserts already
-running and hands to the dispatcher, runs the dispatcher claims ahead of free
-slots and keeps ready, and the claim plan that stays on the queue's index."""
+"""The short path from slot to callback: slots scheduled ahead of their
+instant and staged, runs the scheduler inserts already running and hands to
+the dispatcher, runs the dispatcher claims ahead of free slots and keeps
+ready, and the claim plan that stays on the queue's index."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -321,3 +323,76 @@ async def claim_plan(pool: asyncpg.Pool, fence: Fence) -> str:
         "EXPLAIN " + CLAIM_RUNS, *fence.arguments(), [], 100, [], [], 10, 30.0
     )
     return "\n".join(row[0] for row in rows)
+
+
+async def slot_ahead(
+    pool: asyncpg.Pool, trigger_id: uuid.UUID, seconds: float
+) -> datetime:
+    """Put the trigger's next slot `seconds` ahead of the database clock."""
+    return await pool.fetchval(
+        """
+        UPDATE triggers SET next_run_at = now() + make_interval(secs => $2)
+        WHERE id = $1 RETURNING next_run_at
+        """,
+        trigger_id,
+        seconds,
+    )
+
+
+async def test_a_slot_within_the_lookahead_is_queued_and_sent_at_its_instant(
+    database: DatabaseTarget, pool: asyncpg.Pool, backend: RecordingBackend
+) -> None:
+    application = await create_application(pool, backend.url)
+    trigger = await add_trigger(pool, application, schedule="0 0 1 1 *")
+    slot = await slot_ahead(pool, trigger.id, 0.4)
+    settings = executor_settings(lookahead="0.5")
+
+    async with parts(settings, pool) as wired, held_lock(database, settings) as fence:
+        # Scheduled before its slot, with room in the dispatcher: still
+        # queued (not held in memory, where a crash would strand it), and
+        # not available to a claim before its instant.
+        assert await wired.scheduler.run_once(fence) == 1
+        held = wired.dispatcher.in_flight()
+        early = await wired.dispatcher.claim_once(fence)
+        (run,) = await runs_of(pool, trigger.id)
+        available_at = await pool.fetchval(
+            "SELECT available_at FROM trigger_runs WHERE id = $1", run["id"]
+        )
+
+        dispatching = asyncio.create_task(wired.dispatcher.run(fence))
+        try:
+            (delivery,) = await backend.wait_for(1, within=10)
+        finally:
+            dispatching.cancel()
+            await asyncio.gather(dispatching, return_exceptions=True)
+
+    assert (held, early) == ({}, "idle")
+    assert (run["status"], run["scheduled_at"], run["attempt"]) == ("queued", slot, 0)
+    assert available_at == slot
+    # Sent at the slot, not before it (one clock: the same machine).
+    assert delivery.received_at >= slot.timestamp()
+    assert delivery.webhook_id == str(run["id"])
+
+
+async def test_nothing_is_claimed_ahead_without_lookahead_or_in_simulated_time(
+    database: DatabaseTarget, pool: asyncpg.Pool
+) -> None:
+    application = await create_application(pool, "http://127.0.0.1:9")
+    trigger = await add_trigger(pool, application, schedule="0 0 1 1 *")
+    await slot_ahead(pool, trigger.id, 0.4)
+    metrics = ExecutorMetrics(Registry())
+    without = executor_settings(lookahead="0")
+    with_lookahead = executor_settings(lookahead="0.5")
+    no_lookahead = Scheduler(without.cron, pool, metrics, lambda: None)
+    lookahead = Scheduler(with_lookahead.cron, pool, metrics, lambda: None)
+
+    async with held_lock(database, with_lookahead) as fence:
+        now = await pool.fetchval("SELECT now()")
+        claimed = [
+            await no_lookahead.run_once(fence),
+            # A simulated clock (tests of downtime) never claims ahead.
+            await lookahead.run_once(fence, now=now),
+            await lookahead.run_once(fence),
+        ]
+
+    assert claimed == [0, 0, 1]

@@ -235,7 +235,7 @@ async def test_due_trigger_claim_reads_the_partial_index(
     ):
         await connection.execute("SET enable_seqscan = off")
         plan = await connection.fetch(
-            "EXPLAIN " + CLAIM_DUE_TRIGGERS, *fence.arguments(), None, 500
+            "EXPLAIN " + CLAIM_DUE_TRIGGERS, *fence.arguments(), None, 500, 0.5
         )
         await connection.execute("RESET enable_seqscan")
     assert "triggers_due_idx" in "\n".join(row[0] for row in plan)
