@@ -363,6 +363,10 @@ async def lag_phase(
     return {**run, "claim_ms": claim}
 
 
+# Signs the bare client's requests, as an application's secret signs callbacks.
+BARE_SECRET = generate_secret()
+
+
 def callback_like_request(slot: float) -> tuple[bytes, dict[str, str]]:
     """A body and headers shaped like a callback's, for the slot `slot`."""
     import orjson
@@ -384,9 +388,6 @@ def callback_like_request(slot: float) -> tuple[bytes, dict[str, str]]:
     headers = signature_headers(BARE_SECRET, run_id, int(time.time()), body)
     headers["Content-Type"] = "application/json"
     return body, headers
-
-
-BARE_SECRET = generate_secret()
 
 
 async def bare_post_rate(port: int, seconds: float) -> float:

@@ -179,8 +179,7 @@ class Dispatcher:
     def release(self, reserved: dict[uuid.UUID, int]) -> None:
         """Free room reserved for runs that were not inserted."""
         for application_id, count in reserved.items():
-            for _ in range(count):
-                self._release_application(application_id)
+            self._release_application(application_id, count)
             self.reserved -= count
 
     def in_flight(self) -> dict[uuid.UUID, int]:
@@ -209,14 +208,19 @@ class Dispatcher:
 
     def _return_ready(self) -> None:
         """The term is over: ready runs go back to the queue unsent."""
-        if not self.ready:
-            return
-        count = len(self.ready)
-        while self.ready:
-            run, _ = self.ready.popleft()
+        runs = self._take_ready()
+        for run in runs:
             self.record(_unsent(run, TERM_ENDED), run.application_id)
+        if runs:
+            log.info("ready runs handed back", extra={"count": len(runs)})
+
+    def _take_ready(self) -> list[ClaimedRun]:
+        """Every ready run, out of the dispatcher's hands and limits."""
+        runs = [run for run, _ in self.ready]
+        self.ready.clear()
+        for run in runs:
             self._release(run)
-        log.info("ready runs handed back", extra={"count": count})
+        return runs
 
     async def _claim_loop(self, connection: asyncpg.Connection, fence: Fence) -> None:
         while True:
@@ -333,8 +337,8 @@ class Dispatcher:
     def _release(self, run: ClaimedRun) -> None:
         self._release_application(run.application_id)
 
-    def _release_application(self, application_id: uuid.UUID) -> None:
-        remaining = self.running.get(application_id, 1) - 1
+    def _release_application(self, application_id: uuid.UUID, count: int = 1) -> None:
+        remaining = self.running.get(application_id, count) - count
         if remaining > 0:
             self.running[application_id] = remaining
         else:
@@ -433,10 +437,7 @@ class Dispatcher:
         Returns run id -> attempt of the runs that did not finish, ready
         runs that never started among them.
         """
-        unstarted = {run.id: run.attempt for run, _ in self.ready}
-        for run, _ in self.ready:
-            self._release(run)
-        self.ready.clear()
+        unstarted = {run.id: run.attempt for run in self._take_ready()}
         tasks = [task for _, task in self.callbacks.values()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
